@@ -1,0 +1,6 @@
+//! `ImageFsInfo`.
+
+use crate::api::ImageFsInfoRequest;
+use crate::validate::plain_request;
+
+plain_request!(ImageFsInfoRequest, "ImageFsInfo", read_only = true);

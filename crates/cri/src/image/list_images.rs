@@ -1,0 +1,6 @@
+//! `ListImages`.
+
+use crate::api::ListImagesRequest;
+use crate::validate::plain_request;
+
+plain_request!(ListImagesRequest, "ListImages", read_only = true);

@@ -1,0 +1,60 @@
+//! The CRI `ImageService`: one file per RPC holds its validation; this file routes
+//! each RPC through [`call`] to the image port.
+
+mod image_fs_info;
+mod image_status;
+mod list_images;
+mod pull_image;
+mod remove_image;
+
+use tonic::{Request, Response, Status, async_trait};
+
+use crate::api::{self, image_service_server::ImageService};
+use crate::ports::Ports;
+use crate::wrap::call;
+
+/// The tonic `ImageService` backed by [`Ports::images`].
+#[derive(Clone)]
+pub struct ImageServer {
+    ports: Ports,
+}
+
+impl ImageServer {
+    /// A service that forwards validated requests to `ports.images`.
+    pub fn new(ports: Ports) -> Self {
+        ImageServer { ports }
+    }
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[async_trait]
+impl ImageService for ImageServer {
+    async fn list_images(
+        &self,
+        r: Request<api::ListImagesRequest>,
+    ) -> Rpc<api::ListImagesResponse> {
+        call(r, |r| self.ports.images.list(r)).await
+    }
+    async fn image_status(
+        &self,
+        r: Request<api::ImageStatusRequest>,
+    ) -> Rpc<api::ImageStatusResponse> {
+        call(r, |r| self.ports.images.status(r)).await
+    }
+    async fn pull_image(&self, r: Request<api::PullImageRequest>) -> Rpc<api::PullImageResponse> {
+        call(r, |r| self.ports.images.pull(r)).await
+    }
+    async fn remove_image(
+        &self,
+        r: Request<api::RemoveImageRequest>,
+    ) -> Rpc<api::RemoveImageResponse> {
+        call(r, |r| self.ports.images.remove(r)).await
+    }
+    async fn image_fs_info(
+        &self,
+        r: Request<api::ImageFsInfoRequest>,
+    ) -> Rpc<api::ImageFsInfoResponse> {
+        call(r, |r| self.ports.images.fs_info(r)).await
+    }
+}

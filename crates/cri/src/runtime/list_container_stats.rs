@@ -1,0 +1,10 @@
+//! `ListContainerStats`.
+
+use crate::api::ListContainerStatsRequest;
+use crate::validate::plain_request;
+
+plain_request!(
+    ListContainerStatsRequest,
+    "ListContainerStats",
+    read_only = true
+);

@@ -1,0 +1,662 @@
+//! skiffd's configuration: the TOML file, the command-line flags and the defaults.
+//!
+//! Precedence is flag > file > default. Every key is optional. The schema is fixed:
+//! keys whose feature is not built yet are accepted, validated and reported as
+//! such. Unknown keys and bad values are refused with the file, the key and why.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Where skiffd looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/skiff/config.toml";
+/// Default persistent root.
+pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
+/// Default runtime state directory.
+pub const DEFAULT_STATE: &str = "/run/skiff";
+/// Default CRI socket.
+pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
+/// Default pod CIDR of the built-in bridge network.
+pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
+/// Default bridge name.
+pub const DEFAULT_BRIDGE: &str = "skiff0";
+/// Default CNI configuration directory (as containerd's).
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Default CNI plugin directory (as containerd's).
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// Default registry hosts directory (containerd's `certs.d` layout).
+pub const DEFAULT_REGISTRY_CONFIG_PATH: &str = "/etc/skiff/certs.d";
+/// Default streaming server address: loopback, ephemeral port.
+pub const DEFAULT_STREAMING_ADDRESS: &str = "127.0.0.1:0";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist or cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The io error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("config file {path}: key `{key}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key path (`.` when the file as a whole is wrong).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config {origin}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file, or `flags`.
+        origin: String,
+        /// The dotted key path.
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+}
+
+/// The config file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Persistent data (images, snapshots, metadata).
+    pub root: Option<PathBuf>,
+    /// Runtime state (pods, shims, namespaces).
+    pub state: Option<PathBuf>,
+    /// The CRI socket.
+    pub socket: Option<PathBuf>,
+    /// Registry access.
+    pub registry: RegistrySection,
+    /// Pod networking.
+    pub network: NetworkSection,
+    /// OCI runtimes.
+    pub runtime: RuntimeSection,
+    /// The streaming server (exec, attach, port-forward).
+    pub streaming: StreamingSection,
+}
+
+/// `[registry]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// A directory of `<host>/hosts.toml` files (containerd's format).
+    pub config_path: Option<PathBuf>,
+}
+
+/// `[network] mode`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// skiff's built-in netlink bridge networking.
+    #[default]
+    Bridge,
+    /// CNI plugins from `cni_conf_dir` / `cni_bin_dir`.
+    Cni,
+}
+
+/// `[network]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// `bridge` or `cni`.
+    pub mode: Option<NetworkMode>,
+    /// The pod CIDR of the built-in bridge.
+    pub pod_cidr: Option<String>,
+    /// The bridge name.
+    pub bridge: Option<String>,
+    /// CNI configuration directory.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory.
+    pub cni_bin_dir: Option<PathBuf>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// The handler used for RuntimeClass `""`.
+    pub default_handler: Option<String>,
+    /// Handlers by RuntimeClass handler name.
+    pub handlers: BTreeMap<String, HandlerSection>,
+}
+
+/// `[runtime.handlers.<name>]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerSection {
+    /// The OCI runtime binary (absolute path, or a name looked up in PATH).
+    pub binary: Option<PathBuf>,
+    /// The OCI runtime's state root.
+    pub root: Option<PathBuf>,
+}
+
+/// `[streaming]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingSection {
+    /// `host:port` of the streaming server.
+    pub address: Option<String>,
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--root`.
+    pub root: Option<PathBuf>,
+    /// `--state`.
+    pub state: Option<PathBuf>,
+}
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// cgroup v1 only.
+    Legacy,
+    /// v1 controllers with v2 mounted beside them (`/sys/fs/cgroup/unified`).
+    Hybrid,
+    /// Pure cgroup v2.
+    Unified,
+}
+
+impl CgroupMode {
+    /// Read the host's cgroup layout from `/sys/fs/cgroup`.
+    pub fn detect() -> CgroupMode {
+        Self::detect_at(Path::new("/sys/fs/cgroup"))
+    }
+
+    fn detect_at(base: &Path) -> CgroupMode {
+        if base.join("cgroup.controllers").exists() {
+            CgroupMode::Unified
+        } else if base.join("unified").join("cgroup.controllers").exists() {
+            CgroupMode::Hybrid
+        } else {
+            CgroupMode::Legacy
+        }
+    }
+}
+
+/// One OCI runtime handler, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Handler {
+    /// The RuntimeClass handler name.
+    pub name: String,
+    /// The binary to execute.
+    pub binary: PathBuf,
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+}
+
+/// The effective configuration: defaults, file and flags merged and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Persistent data.
+    pub root: PathBuf,
+    /// Runtime state.
+    pub state: PathBuf,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// Registry hosts directory.
+    pub registry_config_path: PathBuf,
+    /// Network mode.
+    pub network_mode: NetworkMode,
+    /// The pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// Whether the pod CIDR came from the file (then the kubelet's is ignored).
+    pub pod_cidr_from_file: bool,
+    /// The bridge name.
+    pub bridge: String,
+    /// CNI configuration directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directory.
+    pub cni_bin_dir: PathBuf,
+    /// The handler name used for RuntimeClass `""`.
+    pub default_handler: String,
+    /// Every handler, by name (always includes `runc` and `crun`).
+    pub handlers: BTreeMap<String, Handler>,
+    /// The streaming server address.
+    pub streaming_address: SocketAddr,
+    /// The host's cgroup layout, as detected.
+    pub cgroup_mode: CgroupMode,
+}
+
+impl Config {
+    /// Load the configuration: `--config FILE` (must exist) or the default file (may be
+    /// missing), then apply the flags.
+    pub fn load(explicit: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let (file, path) = match explicit {
+            Some(path) => (Self::read(path)?, Some(path.to_path_buf())),
+            None => {
+                let path = Path::new(DEFAULT_CONFIG);
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (Self::parse(&text, path)?, Some(path.to_path_buf())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (FileConfig::default(), None)
+                    }
+                    Err(source) => {
+                        return Err(ConfigError::Read {
+                            path: path.to_path_buf(),
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        Self::resolve(file, path, flags, CgroupMode::detect())
+    }
+
+    fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse a config file's text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: ".".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            key: e.path().to_string(),
+            message: e.inner().message().trim().to_string(),
+        })
+    }
+
+    /// Merge defaults, the parsed file and the flags, and check every value.
+    pub fn resolve(
+        file: FileConfig,
+        path: Option<PathBuf>,
+        flags: &Overrides,
+        cgroup_mode: CgroupMode,
+    ) -> Result<Config, ConfigError> {
+        let origin = path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: key.into(),
+            reason,
+        };
+        let pick = |flag: &Option<PathBuf>, file: &Option<PathBuf>, default: &str| {
+            flag.clone()
+                .or_else(|| file.clone())
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let root = pick(&flags.root, &file.root, DEFAULT_ROOT);
+        let state = pick(&flags.state, &file.state, DEFAULT_STATE);
+        let socket = pick(&flags.socket, &file.socket, DEFAULT_SOCKET);
+        for (key, p) in [("root", &root), ("state", &state), ("socket", &socket)] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        // sun_path holds 108 bytes including the NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(invalid(
+                "socket",
+                format!(
+                    "{} is longer than a unix socket path may be (107 bytes)",
+                    socket.display()
+                ),
+            ));
+        }
+
+        let pod_cidr_text = file.network.pod_cidr.clone();
+        let pod_cidr: Ipv4Net = pod_cidr_text
+            .as_deref()
+            .unwrap_or(DEFAULT_POD_CIDR)
+            .parse()
+            .map_err(|e| {
+                invalid(
+                    "network.pod_cidr",
+                    format!(
+                        "{:?} is not an IPv4 CIDR: {e}",
+                        pod_cidr_text.as_deref().unwrap_or("")
+                    ),
+                )
+            })?;
+        if pod_cidr.prefix_len() > 30 {
+            return Err(invalid(
+                "network.pod_cidr",
+                format!("{pod_cidr} is too small for a gateway and pods (at most /30)"),
+            ));
+        }
+        let pod_cidr = pod_cidr.trunc();
+
+        let bridge = file
+            .network
+            .bridge
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        if !valid_ifname(&bridge) {
+            return Err(invalid(
+                "network.bridge",
+                format!(
+                    "{bridge:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+                ),
+            ));
+        }
+
+        let mut handlers = BTreeMap::new();
+        for builtin in ["runc", "crun"] {
+            handlers.insert(
+                builtin.to_string(),
+                Handler {
+                    name: builtin.into(),
+                    binary: PathBuf::from(builtin),
+                    root: state.join("runtime").join(builtin),
+                },
+            );
+        }
+        for (name, h) in &file.runtime.handlers {
+            if !valid_handler_name(name) {
+                return Err(invalid(
+                    &format!("runtime.handlers.{name}"),
+                    "a handler name must be a DNS label (lowercase letters, digits, '-', at most 63)".into(),
+                ));
+            }
+            let binary = h.binary.clone().unwrap_or_else(|| {
+                handlers
+                    .get(name)
+                    .map(|b: &Handler| b.binary.clone())
+                    .unwrap_or_else(|| PathBuf::from(name))
+            });
+            if binary.as_os_str().is_empty() {
+                return Err(invalid(
+                    &format!("runtime.handlers.{name}.binary"),
+                    "must not be empty".into(),
+                ));
+            }
+            let hroot = h
+                .root
+                .clone()
+                .unwrap_or_else(|| state.join("runtime").join(name));
+            if !hroot.is_absolute() {
+                return Err(invalid(
+                    &format!("runtime.handlers.{name}.root"),
+                    format!("{} is not an absolute path", hroot.display()),
+                ));
+            }
+            handlers.insert(
+                name.clone(),
+                Handler {
+                    name: name.clone(),
+                    binary,
+                    root: hroot,
+                },
+            );
+        }
+        let default_handler = file.runtime.default_handler.clone().unwrap_or_else(|| {
+            match cgroup_mode {
+                CgroupMode::Unified => "crun",
+                CgroupMode::Hybrid | CgroupMode::Legacy => "runc",
+            }
+            .into()
+        });
+        if !handlers.contains_key(&default_handler) {
+            return Err(invalid(
+                "runtime.default_handler",
+                format!(
+                    "{default_handler:?} is not a handler (known: {})",
+                    handlers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+
+        let address_text = file
+            .streaming
+            .address
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STREAMING_ADDRESS.into());
+        let streaming_address: SocketAddr = address_text.parse().map_err(|e| {
+            invalid(
+                "streaming.address",
+                format!("{address_text:?} is not an ip:port address: {e}"),
+            )
+        })?;
+
+        let path_or =
+            |p: &Option<PathBuf>, key: &str, default: &str| -> Result<PathBuf, ConfigError> {
+                let p = p.clone().unwrap_or_else(|| PathBuf::from(default));
+                if p.is_absolute() {
+                    Ok(p)
+                } else {
+                    Err(invalid(
+                        key,
+                        format!("{} is not an absolute path", p.display()),
+                    ))
+                }
+            };
+        Ok(Config {
+            registry_config_path: path_or(
+                &file.registry.config_path,
+                "registry.config_path",
+                DEFAULT_REGISTRY_CONFIG_PATH,
+            )?,
+            network_mode: file.network.mode.unwrap_or_default(),
+            pod_cidr,
+            pod_cidr_from_file: pod_cidr_text.is_some(),
+            bridge,
+            cni_conf_dir: path_or(
+                &file.network.cni_conf_dir,
+                "network.cni_conf_dir",
+                DEFAULT_CNI_CONF_DIR,
+            )?,
+            cni_bin_dir: path_or(
+                &file.network.cni_bin_dir,
+                "network.cni_bin_dir",
+                DEFAULT_CNI_BIN_DIR,
+            )?,
+            default_handler,
+            handlers,
+            streaming_address,
+            cgroup_mode,
+            file: path,
+            root,
+            state,
+            socket,
+        })
+    }
+
+    /// The handler for a RuntimeClass handler name (`""` is the default handler).
+    pub fn handler(&self, name: &str) -> Option<&Handler> {
+        let name = if name.is_empty() {
+            &self.default_handler
+        } else {
+            name
+        };
+        self.handlers.get(name)
+    }
+
+    /// The path of the metadata database.
+    pub fn meta_path(&self) -> PathBuf {
+        self.root.join("meta.redb")
+    }
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+}
+
+fn valid_handler_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<Config, ConfigError> {
+        let path = Path::new("/etc/skiff/test.toml");
+        let file = Config::parse(text, path)?;
+        Config::resolve(
+            file,
+            Some(path.into()),
+            &Overrides::default(),
+            CgroupMode::Hybrid,
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.state, PathBuf::from(DEFAULT_STATE));
+        assert_eq!(c.pod_cidr.to_string(), "10.88.0.0/16");
+        assert!(!c.pod_cidr_from_file);
+        assert_eq!(c.bridge, "skiff0");
+        assert_eq!(c.default_handler, "runc");
+        assert_eq!(c.network_mode, NetworkMode::Bridge);
+        assert_eq!(c.streaming_address.to_string(), "127.0.0.1:0");
+        assert_eq!(c.handler("").unwrap().name, "runc");
+    }
+
+    #[test]
+    fn unified_hosts_default_to_crun() {
+        let c = Config::resolve(
+            FileConfig::default(),
+            None,
+            &Overrides::default(),
+            CgroupMode::Unified,
+        )
+        .unwrap();
+        assert_eq!(c.default_handler, "crun");
+    }
+
+    #[test]
+    fn full_schema_parses() {
+        let c = resolve(
+            r#"
+            root = "/data/skiff"
+            state = "/run/s"
+            socket = "/run/s/s.sock"
+            [registry]
+            config_path = "/etc/skiff/certs.d"
+            [network]
+            mode = "cni"
+            pod_cidr = "10.200.0.0/24"
+            bridge = "br-pods"
+            cni_conf_dir = "/etc/cni/net.d"
+            cni_bin_dir = "/usr/lib/cni"
+            [runtime]
+            default_handler = "fast"
+            [runtime.handlers.fast]
+            binary = "/usr/bin/crun"
+            root = "/run/crun"
+            [streaming]
+            address = "127.0.0.1:10010"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.network_mode, NetworkMode::Cni);
+        assert!(c.pod_cidr_from_file);
+        assert_eq!(
+            c.handler("").unwrap().binary,
+            PathBuf::from("/usr/bin/crun")
+        );
+        assert_eq!(
+            c.handlers["runc"].root,
+            PathBuf::from("/run/s/runtime/runc")
+        );
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let path = Path::new("/x.toml");
+        let file = Config::parse("root = \"/a\"\nsocket = \"/b.sock\"", path).unwrap();
+        let flags = Overrides {
+            root: Some("/flag".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(file, Some(path.into()), &flags, CgroupMode::Hybrid).unwrap();
+        assert_eq!(c.root, PathBuf::from("/flag"));
+        assert_eq!(c.socket, PathBuf::from("/b.sock"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = resolve("[network]\npod_cidrr = \"10.0.0.0/8\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/skiff/test.toml") && e.contains("pod_cidrr"),
+            "{e}"
+        );
+        let e = resolve("[network]\npod_cidr = \"10.0.0.0/33\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.pod_cidr"), "{e}");
+        let e = resolve("[network]\nmode = \"magic\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.mode"), "{e}");
+        let e = resolve("this is not toml").unwrap_err().to_string();
+        assert!(e.contains("/etc/skiff/test.toml"), "{e}");
+        let e = resolve("[runtime]\ndefault_handler = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.default_handler"), "{e}");
+        let e = resolve("[streaming]\naddress = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("streaming.address"), "{e}");
+        let e = resolve("root = \"relative\"").unwrap_err().to_string();
+        assert!(e.contains("`root`"), "{e}");
+        let e = resolve("[network]\nbridge = \"a-very-long-bridge-name\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.bridge"), "{e}");
+        let e = resolve("[runtime.handlers.Bad_Name]\nbinary = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime.handlers"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(CgroupMode::detect_at(dir.path()), CgroupMode::Legacy);
+        std::fs::create_dir(dir.path().join("unified")).unwrap();
+        std::fs::write(dir.path().join("unified/cgroup.controllers"), "").unwrap();
+        assert_eq!(CgroupMode::detect_at(dir.path()), CgroupMode::Hybrid);
+        std::fs::write(dir.path().join("cgroup.controllers"), "").unwrap();
+        assert_eq!(CgroupMode::detect_at(dir.path()), CgroupMode::Unified);
+    }
+}

@@ -1,0 +1,173 @@
+//! The info port: Version, Status, RuntimeConfig, UpdateRuntimeConfig.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use skiff_cri::api;
+use skiff_cri::ports::{InfoPort, PortResult};
+use tonic::async_trait;
+
+use crate::config::Config;
+use crate::meta::{MetaStore, Table};
+
+/// The CRI runtime name skiff reports.
+pub const RUNTIME_NAME: &str = "skiff";
+/// The CRI API version skiff speaks.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// The version of the kubelet-facing API (`VersionResponse.version`).
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+
+/// Answers identity and readiness from the daemon's config and host probes.
+pub struct Info {
+    config: Arc<Config>,
+    meta: Arc<MetaStore>,
+    shim: PathBuf,
+    io_engine: skiff_uring_io::Engine,
+}
+
+impl Info {
+    /// An info port for a daemon with `config`, whose shim binary is `shim`.
+    pub fn new(config: Arc<Config>, meta: Arc<MetaStore>, shim: PathBuf) -> Info {
+        Info {
+            config,
+            meta,
+            shim,
+            io_engine: skiff_uring_io::probe(),
+        }
+    }
+
+    /// Why the runtime is not ready, or `None` when it is.
+    fn runtime_problem(&self) -> Option<String> {
+        let handler = self.config.handler("")?;
+        if find_executable(&handler.binary).is_none() {
+            return Some(format!(
+                "OCI runtime {:?} for the default handler {:?} is not installed",
+                handler.binary.display().to_string(),
+                handler.name
+            ));
+        }
+        if !is_executable(&self.shim) {
+            return Some(format!("skiff-shim is missing at {}", self.shim.display()));
+        }
+        None
+    }
+}
+
+/// The absolute path of `binary`: itself when absolute, else looked up in `PATH`.
+pub fn find_executable(binary: &Path) -> Option<PathBuf> {
+    if binary.is_absolute() {
+        return is_executable(binary).then(|| binary.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn condition(kind: &str, problem: Option<String>, reason: &str) -> api::RuntimeCondition {
+    api::RuntimeCondition {
+        r#type: kind.into(),
+        status: problem.is_none(),
+        reason: if problem.is_some() {
+            reason.into()
+        } else {
+            String::new()
+        },
+        message: problem.unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl InfoPort for Info {
+    async fn version(&self, _req: api::VersionRequest) -> PortResult<api::VersionResponse> {
+        Ok(api::VersionResponse {
+            version: KUBELET_API_VERSION.into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        })
+    }
+
+    async fn status(&self, req: api::StatusRequest) -> PortResult<api::StatusResponse> {
+        let runtime = condition("RuntimeReady", self.runtime_problem(), "RuntimeNotReady");
+        // Pod networking is not built yet: say so rather than claim readiness.
+        let network = condition(
+            "NetworkReady",
+            Some("skiff's pod networking is not implemented yet".into()),
+            "NetworkNotImplemented",
+        );
+        let mut handlers = vec![api::RuntimeHandler {
+            name: String::new(),
+            features: Some(api::RuntimeHandlerFeatures::default()),
+        }];
+        handlers.extend(self.config.handlers.keys().map(|name| api::RuntimeHandler {
+            name: name.clone(),
+            features: Some(api::RuntimeHandlerFeatures::default()),
+        }));
+        let mut info = HashMap::new();
+        if req.verbose {
+            let config = serde_json::to_string(&*self.config).unwrap_or_default();
+            info.insert("config".into(), config);
+            let host = serde_json::json!({
+                "cgroupMode": self.config.cgroup_mode,
+                "ioEngine": self.io_engine.name(),
+                "ioEngineReason": match &self.io_engine {
+                    skiff_uring_io::Engine::Uring => String::new(),
+                    skiff_uring_io::Engine::Blocking(why) => why.to_string(),
+                },
+                "shim": self.shim,
+                "defaultHandlerBinary": self.config.handler("").and_then(|h| find_executable(&h.binary)),
+            });
+            info.insert("host".into(), host.to_string());
+        }
+        Ok(api::StatusResponse {
+            status: Some(api::RuntimeStatus {
+                conditions: vec![runtime, network],
+            }),
+            info,
+            runtime_handlers: handlers,
+            features: Some(api::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        })
+    }
+
+    async fn runtime_config(
+        &self,
+        _req: api::RuntimeConfigRequest,
+    ) -> PortResult<api::RuntimeConfigResponse> {
+        Ok(api::RuntimeConfigResponse {
+            linux: Some(api::LinuxRuntimeConfiguration {
+                cgroup_driver: api::CgroupDriver::Cgroupfs as i32,
+            }),
+        })
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: api::UpdateRuntimeConfigRequest,
+    ) -> PortResult<api::UpdateRuntimeConfigResponse> {
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if cidr.is_empty() {
+            return Ok(api::UpdateRuntimeConfigResponse {});
+        }
+        if self.config.pod_cidr_from_file {
+            tracing::info!(kubelet_cidr = %cidr, file_cidr = %self.config.pod_cidr,
+                "ignoring the kubelet's pod CIDR: the config file sets network.pod_cidr");
+        } else {
+            self.meta.put(Table::META, "kubelet_pod_cidr", &cidr)?;
+            tracing::info!(pod_cidr = %cidr, "recorded the kubelet's pod CIDR");
+        }
+        Ok(api::UpdateRuntimeConfigResponse {})
+    }
+}
