@@ -1,0 +1,3 @@
+//! skiff's image service: registry client, content store, snapshots, unpack, GC.
+
+pub mod unpack;

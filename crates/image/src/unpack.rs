@@ -1,0 +1,1 @@
+//! Unpacking a layer tar into a snapshot directory (in progress).
