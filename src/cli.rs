@@ -38,6 +38,38 @@ pub enum Command {
     Version,
     /// Print the runtime's status, conditions, handlers and configuration as JSON.
     Info,
+    /// Pull an image (asks the registry even if the image is present).
+    Pull {
+        /// The image reference, e.g. `busybox` or `registry:5000/app:v1`.
+        image: String,
+        /// Registry credentials as `USER:PASSWORD`.
+        #[arg(long)]
+        creds: Option<String>,
+        /// A registry bearer token.
+        #[arg(long)]
+        auth_token: Option<String>,
+    },
+    /// List images.
+    Images {
+        /// Only this image (reference or id).
+        image: Option<String>,
+        /// Print only image ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print an image's status as JSON (verbose, with its config).
+    Inspecti {
+        /// The image reference or id.
+        image: String,
+    },
+    /// Remove images (by reference or id); all their tags go with them.
+    Rmi {
+        /// Images to remove.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print the image filesystem usage as JSON.
+    Imagefsinfo,
 }
 
 /// A failed CLI command.
@@ -64,6 +96,9 @@ pub enum CliError {
         /// The timeout.
         seconds: u64,
     },
+    /// The named object does not exist.
+    #[error("{0:?} not found")]
+    NotFound(String),
     /// The local tokio runtime cannot start.
     #[error("cannot start the client runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -109,6 +144,99 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 .await?;
                 println!("{}", render_info(&s));
             }
+            Command::Pull {
+                image,
+                creds,
+                auth_token,
+            } => {
+                let auth = match (creds, auth_token) {
+                    (Some(c), _) => {
+                        let (u, p) = c.split_once(':').unwrap_or((c.as_str(), ""));
+                        Some(api::AuthConfig {
+                            username: u.into(),
+                            password: p.into(),
+                            ..Default::default()
+                        })
+                    }
+                    (None, Some(t)) => Some(api::AuthConfig {
+                        registry_token: t,
+                        ..Default::default()
+                    }),
+                    (None, None) => None,
+                };
+                // Pulls take as long as they take: no per-call timeout here.
+                let r = rpc(
+                    "PullImage",
+                    86_400,
+                    client.images.pull_image(api::PullImageRequest {
+                        image: Some(image_spec(&image)),
+                        auth,
+                        sandbox_config: None,
+                    }),
+                )
+                .await?;
+                println!("Image is up to date for {}", r.image_ref);
+            }
+            Command::Images { image, quiet } => {
+                let r = rpc(
+                    "ListImages",
+                    cli.timeout,
+                    client.images.list_images(api::ListImagesRequest {
+                        filter: image.map(|i| api::ImageFilter {
+                            image: Some(image_spec(&i)),
+                        }),
+                    }),
+                )
+                .await?;
+                print_images(&r.images, quiet);
+            }
+            Command::Inspecti { image } => {
+                let r = rpc(
+                    "ImageStatus",
+                    cli.timeout,
+                    client.images.image_status(api::ImageStatusRequest {
+                        image: Some(image_spec(&image)),
+                        verbose: true,
+                    }),
+                )
+                .await?;
+                let Some(img) = &r.image else {
+                    return Err(CliError::NotFound(image));
+                };
+                let mut doc = serde_json::Map::new();
+                doc.insert(
+                    "status".into(),
+                    serde_json::to_value(img).unwrap_or_default(),
+                );
+                for (k, v) in &r.info {
+                    let value = serde_json::from_str(v)
+                        .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
+                    doc.insert(k.clone(), value);
+                }
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            Command::Rmi { images } => {
+                for image in images {
+                    rpc(
+                        "RemoveImage",
+                        cli.timeout,
+                        client.images.remove_image(api::RemoveImageRequest {
+                            image: Some(image_spec(&image)),
+                        }),
+                    )
+                    .await?;
+                    println!("Deleted: {image}");
+                }
+            }
+            Command::Imagefsinfo => {
+                let r = rpc(
+                    "ImageFsInfo",
+                    cli.timeout,
+                    client.images.image_fs_info(api::ImageFsInfoRequest {}),
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            }
         }
         Ok(())
     })
@@ -127,6 +255,69 @@ async fn rpc<T>(
             message: status.message().to_string(),
         }),
         Ok(Ok(resp)) => Ok(resp.into_inner()),
+    }
+}
+
+fn image_spec(image: &str) -> api::ImageSpec {
+    api::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.3}{}", UNITS[unit])
+    }
+}
+
+/// Print images as crictl does: IMAGE, TAG, IMAGE ID (13 characters), SIZE.
+fn print_images(images: &[api::Image], quiet: bool) {
+    if quiet {
+        for i in images {
+            println!("{}", i.id);
+        }
+        return;
+    }
+    println!(
+        "{:<48} {:<16} {:<15} {}",
+        "IMAGE", "TAG", "IMAGE ID", "SIZE"
+    );
+    for i in images {
+        let short =
+            i.id.trim_start_matches("sha256:")
+                .chars()
+                .take(13)
+                .collect::<String>();
+        let mut rows: Vec<(String, String)> = i
+            .repo_tags
+            .iter()
+            .filter_map(|t| {
+                t.rsplit_once(':')
+                    .map(|(r, t)| (r.to_string(), t.to_string()))
+            })
+            .collect();
+        if rows.is_empty() {
+            let repo = i
+                .repo_digests
+                .first()
+                .and_then(|d| d.split_once('@'))
+                .map(|(r, _)| r.to_string())
+                .unwrap_or_else(|| "<none>".into());
+            rows.push((repo, "<none>".into()));
+        }
+        for (repo, tag) in rows {
+            println!("{repo:<48} {tag:<16} {short:<15} {}", human_size(i.size));
+        }
     }
 }
 

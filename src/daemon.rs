@@ -11,6 +11,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigError, Overrides};
+use crate::images::ImageService;
 use crate::info::Info;
 use crate::meta::{MetaError, MetaStore};
 
@@ -89,6 +90,9 @@ pub enum DaemonError {
     /// The metadata store cannot be opened.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// The image store cannot be opened.
+    #[error(transparent)]
+    Images(#[from] skiff_image::ImageError),
     /// The tokio runtime or a signal handler cannot be set up.
     #[error("cannot start the CRI runtime thread: {0}")]
     Runtime(#[source] std::io::Error),
@@ -168,6 +172,26 @@ pub fn shim_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("skiff-shim"))
 }
 
+/// The image service's settings. `SKIFF_REGISTRY_READ_TIMEOUT_MS` and
+/// `SKIFF_REGISTRY_ATTEMPTS` shorten the registry timeouts and retries for tests.
+fn image_config(config: &Config) -> skiff_image::ImagesConfig {
+    let mut c =
+        skiff_image::ImagesConfig::new(config.root.clone(), config.registry_config_path.clone());
+    if let Some(ms) = std::env::var("SKIFF_REGISTRY_READ_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        c.timeouts.read = Duration::from_millis(ms.max(1));
+    }
+    if let Some(n) = std::env::var("SKIFF_REGISTRY_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        c.attempts = n.max(1);
+    }
+    c
+}
+
 /// Run skiffd until SIGTERM or SIGINT.
 pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let config = Arc::new(Config::load(args.config.as_deref(), &args.overrides())?);
@@ -175,6 +199,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     make_dir(&config.state)?;
     let _lock = lock_state(&config.state)?;
     let meta = Arc::new(MetaStore::open(&config.meta_path())?);
+    let images = Arc::new(skiff_image::Images::open(
+        image_config(&config),
+        meta.clone(),
+    )?);
     let shim = shim_path();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -204,6 +232,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             })?;
         let ports = skiff_cri::Ports {
             info: Arc::new(Info::new(config.clone(), meta.clone(), shim)),
+            images: Arc::new(ImageService::new(images.clone())),
             ..Default::default()
         };
         serve_until_signal(listener, ports).await

@@ -9,6 +9,7 @@ use skiff_cri::ports::{InfoPort, PortResult};
 use tonic::async_trait;
 
 use crate::config::Config;
+use crate::error::ServiceError;
 use crate::meta::{MetaStore, Table};
 
 /// The CRI runtime name skiff reports.
@@ -165,7 +166,9 @@ impl InfoPort for Info {
             tracing::info!(kubelet_cidr = %cidr, file_cidr = %self.config.pod_cidr,
                 "ignoring the kubelet's pod CIDR: the config file sets network.pod_cidr");
         } else {
-            self.meta.put(Table::META, "kubelet_pod_cidr", &cidr)?;
+            self.meta
+                .put(Table::META, "kubelet_pod_cidr", &cidr)
+                .map_err(ServiceError::from)?;
             tracing::info!(pod_cidr = %cidr, "recorded the kubelet's pod CIDR");
         }
         Ok(api::UpdateRuntimeConfigResponse {})

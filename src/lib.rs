@@ -2,7 +2,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod crictl_config;
 pub mod daemon;
+pub mod error;
+pub mod images;
 pub mod info;
 pub mod logging;
-pub mod meta;
+
+/// The metadata store (crates/meta).
+pub use skiff_meta as meta;

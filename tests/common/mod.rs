@@ -32,3 +32,71 @@ pub fn start(test: &str, options: SkiffdOptions) -> Option<Env> {
     let skiffd = Skiffd::start_in(skiffd_bin(), &netns, options).expect("start skiffd");
     Some(Env { skiffd, netns })
 }
+
+/// skiffd with a local registry, both in one fresh network namespace, and a hosts
+/// directory that sends `127.0.0.1:5000` over plain HTTP and mirrors `docker.io` to it.
+pub struct RegistryEnv {
+    // Drop order: skiffd, then the registry, then the namespace.
+    pub skiffd: Skiffd,
+    pub registry: skiff_testkit::Registry,
+    pub netns: NetNs,
+    pub hosts: tempfile::TempDir,
+}
+
+/// The registry address inside the test namespace.
+pub const REGISTRY: &str = "127.0.0.1:5000";
+
+impl RegistryEnv {
+    /// Push `image` as `repo:tag` to the test registry.
+    pub fn push(&self, repo: &str, tag: &str, image: &skiff_testkit::image::Image) {
+        self.netns
+            .run(|| skiff_testkit::push(REGISTRY, repo, tag, image))
+            .unwrap_or_else(|e| panic!("push {repo}:{tag}: {e}"));
+    }
+}
+
+/// Start a registry and skiffd in a fresh namespace; `None` (skip) without root.
+pub fn start_with_registry(
+    test: &str,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> Option<RegistryEnv> {
+    if !skiff_testkit::require_root(test) {
+        return None;
+    }
+    let netns = NetNs::create("img").expect("create test netns");
+    let registry = skiff_testkit::Registry::start(Some(&netns), Some(REGISTRY.parse().unwrap()))
+        .expect("start registry");
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path().join(REGISTRY)).unwrap();
+    std::fs::write(
+        hosts.path().join(REGISTRY).join("hosts.toml"),
+        format!("server = \"http://{REGISTRY}\"\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(hosts.path().join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.path().join("docker.io").join("hosts.toml"),
+        format!("[host.\"http://{REGISTRY}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    let config = format!(
+        "[registry]\nconfig_path = \"{}\"\n{extra_config}",
+        hosts.path().display()
+    );
+    let mut options = SkiffdOptions {
+        config_toml: Some(config),
+        ..Default::default()
+    };
+    options.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let skiffd = Skiffd::start_in(skiffd_bin(), &netns, options).expect("start skiffd");
+    Some(RegistryEnv {
+        skiffd,
+        registry,
+        netns,
+        hosts,
+    })
+}

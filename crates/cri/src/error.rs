@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Unavailable,
     /// skiff does not implement this yet.
     Unimplemented,
+    /// Credentials were missing or refused.
+    Unauthenticated,
     /// The operation did not finish in the time it was given.
     DeadlineExceeded,
     /// A limit was reached (address pool, disk, size cap).
@@ -98,6 +100,7 @@ pub fn to_status(err: &CriError) -> tonic::Status {
         ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Unimplemented => tonic::Code::Unimplemented,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
         ErrorKind::Internal => tonic::Code::Internal,

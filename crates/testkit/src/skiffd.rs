@@ -61,6 +61,8 @@ pub struct SkiffdOptions {
     pub args: Vec<String>,
     /// Run inside this network namespace (its `/run/netns/…` path), via `nsenter --net`.
     pub netns: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running skiffd.
@@ -149,6 +151,12 @@ impl Skiffd {
             cmd.arg("--config").arg(path);
         }
         cmd.args(&self.options.args);
+        cmd.envs(
+            self.options
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         Ok(cmd)
     }
 

@@ -92,12 +92,6 @@ pub enum MetaError {
     },
 }
 
-impl skiff_cri::Classify for MetaError {
-    fn kind(&self) -> skiff_cri::ErrorKind {
-        skiff_cri::ErrorKind::Internal
-    }
-}
-
 fn db_err<E: Into<redb::Error>>(op: &'static str, table: Table) -> impl FnOnce(E) -> MetaError {
     move |e| MetaError::Db {
         op,

@@ -1,0 +1,556 @@
+//! The image service: pull, list, look up, remove, garbage-collect, usage.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use oci_client::secrets::RegistryAuth;
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use skiff_meta::MetaStore;
+use tokio::sync::{Mutex as AsyncMutex, RwLock};
+
+use crate::content::ContentStore;
+use crate::digest::Digest;
+use crate::error::{ImageError, Kind};
+use crate::hosts;
+use crate::pipeline::{self, Compression};
+use crate::reference::{self, Lookup};
+use crate::registry::{MAX_CONFIG_BYTES, Remote, Timeouts};
+use crate::snapshot::Snapshotter;
+use crate::store::{self, ImageRecord, LayerRecord};
+use crate::unpack::UnpackOptions;
+
+/// How the image service is set up.
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Persistent root (content and snapshots live below it).
+    pub root: PathBuf,
+    /// The `certs.d`-style hosts directory.
+    pub hosts_dir: PathBuf,
+    /// Registry timeouts.
+    pub timeouts: Timeouts,
+    /// Attempts per layer and per manifest fetch on transient failures.
+    pub attempts: u32,
+    /// Whether skiff runs with the privileges to chown and create device nodes.
+    pub privileged: bool,
+}
+
+impl ImagesConfig {
+    /// Defaults for a root and hosts directory.
+    pub fn new(root: PathBuf, hosts_dir: PathBuf) -> ImagesConfig {
+        ImagesConfig {
+            root,
+            hosts_dir,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(10),
+                read: Duration::from_secs(30),
+            },
+            attempts: 3,
+            privileged: rustix::process::geteuid().is_root(),
+        }
+    }
+}
+
+/// Space used by images.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Bytes.
+    pub bytes: u64,
+    /// Inodes.
+    pub inodes: u64,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Snapshots removed.
+    pub snapshots: usize,
+    /// Blobs removed.
+    pub blobs: usize,
+}
+
+/// The image service.
+pub struct Images {
+    config: ImagesConfig,
+    meta: Arc<MetaStore>,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    /// One lock per chain id being fetched: concurrent pulls of a layer share the work.
+    layer_locks: Mutex<HashMap<Digest, Weak<AsyncMutex<()>>>>,
+    /// Pulls hold it shared; GC and removal exclusively, so GC never takes a layer a pull
+    /// has committed but not yet recorded.
+    gc_lock: RwLock<()>,
+}
+
+fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+fn malformed(reference: &str, what: &'static str, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Malformed {
+        reference: reference.into(),
+        what,
+        reason: e.to_string(),
+    }
+}
+
+impl Images {
+    /// Open the service: stores, clean-up of interrupted work, GC of unreferenced data.
+    pub fn open(config: ImagesConfig, meta: Arc<MetaStore>) -> Result<Images, ImageError> {
+        let content = ContentStore::open(&config.root)?;
+        let snapshots = Snapshotter::open(&config.root)?;
+        let ingests = content.clean_ingests()?;
+        let temps = snapshots.clean_temps()?;
+        let images = Images {
+            config,
+            meta,
+            content,
+            snapshots,
+            layer_locks: Mutex::new(HashMap::new()),
+            gc_lock: RwLock::new(()),
+        };
+        let gc = images.gc_locked()?;
+        tracing::info!(
+            ingests,
+            temps,
+            gc_snapshots = gc.snapshots,
+            gc_blobs = gc.blobs,
+            "image store ready"
+        );
+        Ok(images)
+    }
+
+    /// The snapshotter (the container code mounts its mounts).
+    pub fn snapshots(&self) -> &Snapshotter {
+        &self.snapshots
+    }
+
+    /// The content store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    /// The persistent root.
+    pub fn root(&self) -> &std::path::Path {
+        &self.config.root
+    }
+
+    /// Pull `image` with `auth`: always asks the registry, even when the image is present.
+    pub async fn pull(&self, image: &str, auth: RegistryAuth) -> Result<ImageRecord, ImageError> {
+        let r = reference::parse(image)?;
+        let endpoints = hosts::endpoints(&self.config.hosts_dir, r.registry())?;
+        let by_digest = r.digest().is_some();
+        let _shared = self.gc_lock.read().await;
+        let mut last_err = None;
+        for ep in endpoints.iter().filter(|e| {
+            if by_digest {
+                e.capabilities.pull
+            } else {
+                e.capabilities.resolve
+            }
+        }) {
+            let remote = Remote::new(ep, &r, &auth, self.config.timeouts)?;
+            match self.pull_from(&remote, &r).await {
+                Ok(rec) => return Ok(rec),
+                Err(e) => {
+                    tracing::warn!(image, endpoint = %ep.host, error = %e, "pull from endpoint failed");
+                    let stop = matches!(
+                        e.kind(),
+                        Kind::Internal | Kind::InvalidArgument | Kind::ResourceExhausted
+                    );
+                    last_err = Some(e);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ImageError::Registry {
+            reference: image.into(),
+            endpoint: self.config.hosts_dir.display().to_string(),
+            message: "no registry host with the needed capability is configured".into(),
+            kind: Kind::FailedPrecondition,
+        }))
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ImageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ImageError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Err(e) if e.transient() && attempt < self.config.attempts => {
+                    let backoff = Duration::from_millis(200 << attempt.min(6));
+                    tracing::info!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying");
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn pull_from(
+        &self,
+        remote: &Remote,
+        r: &oci_client::Reference,
+    ) -> Result<ImageRecord, ImageError> {
+        let name = remote.name.clone();
+        let (top_bytes, top_digest) = self.retry("manifest", || remote.manifest(None)).await?;
+        let top: serde_json::Value =
+            serde_json::from_slice(&top_bytes).map_err(|e| malformed(&name, "manifest", e))?;
+        let is_index = top.get("manifests").is_some()
+            || matches!(
+                top.get("mediaType").and_then(|m| m.as_str()),
+                Some("application/vnd.oci.image.index.v1+json")
+                    | Some("application/vnd.docker.distribution.manifest.list.v2+json")
+            );
+        let (manifest_bytes, manifest_digest, index) = if is_index {
+            let index: ImageIndex =
+                serde_json::from_slice(&top_bytes).map_err(|e| malformed(&name, "index", e))?;
+            let arch = goarch();
+            let chosen = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == "linux" && p.architecture().to_string() == arch
+                    })
+                })
+                .ok_or_else(|| ImageError::Unsupported {
+                    reference: name.clone(),
+                    what: "platform",
+                    value: format!("the index has no linux/{arch} manifest"),
+                })?;
+            let d = Digest::parse(chosen.digest().as_ref())
+                .map_err(|e| malformed(&name, "index", e))?;
+            let (bytes, digest) = self.retry("manifest", || remote.manifest(Some(&d))).await?;
+            (bytes, digest, Some((top_bytes, top_digest.clone())))
+        } else {
+            (top_bytes, top_digest.clone(), None)
+        };
+        let manifest: ImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| malformed(&name, "manifest", e))?;
+        if manifest.schema_version() != 2 {
+            return Err(ImageError::Unsupported {
+                reference: name.clone(),
+                what: "manifest schema version",
+                value: manifest.schema_version().to_string(),
+            });
+        }
+        let config_desc = manifest.config();
+        let config_digest = Digest::parse(config_desc.digest().as_ref())
+            .map_err(|e| malformed(&name, "manifest", e))?;
+        let config_bytes = self
+            .retry("config", || {
+                remote.small_blob(&config_digest, config_desc.size(), MAX_CONFIG_BYTES)
+            })
+            .await?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| malformed(&name, "config", e))?;
+        let diff_ids: Vec<Digest> = config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| Digest::parse(d))
+            .collect::<Result<_, _>>()
+            .map_err(|e| malformed(&name, "config", e))?;
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(malformed(
+                &name,
+                "config",
+                format!(
+                    "{} diff_ids for {} layers",
+                    diff_ids.len(),
+                    manifest.layers().len()
+                ),
+            ));
+        }
+        let chain_ids = Digest::chain_ids(&diff_ids);
+        let mut layers = Vec::new();
+        for (i, l) in manifest.layers().iter().enumerate() {
+            let media_type = l.media_type().to_string();
+            if Compression::of_media_type(&media_type).is_none() {
+                return Err(ImageError::Unsupported {
+                    reference: name.clone(),
+                    what: "layer media type",
+                    value: media_type,
+                });
+            }
+            layers.push(LayerRecord {
+                digest: Digest::parse(l.digest().as_ref())
+                    .map_err(|e| malformed(&name, "manifest", e))?,
+                diff_id: diff_ids[i].clone(),
+                chain_id: chain_ids[i].clone(),
+                media_type,
+                size: l.size(),
+            });
+        }
+
+        // All layers at once; each one streams through its own pipeline.
+        let fetches = layers.iter().map(|l| self.layer(remote, l));
+        let results = futures_util::future::join_all(fetches).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+
+        self.content.put(&manifest_digest, &manifest_bytes)?;
+        self.content.put(&config_digest, &config_bytes)?;
+        if let Some((bytes, d)) = &index {
+            self.content.put(d, bytes)?;
+        }
+        let user = config
+            .config()
+            .as_ref()
+            .and_then(|c| c.user().clone())
+            .unwrap_or_default();
+        let record = ImageRecord {
+            id: config_digest,
+            repo_tags: reference::tag_name(r).into_iter().collect(),
+            repo_digests: vec![reference::digest_name(r, &top_digest)],
+            manifest: manifest_digest,
+            index: index.map(|(_, d)| d),
+            size: config_bytes.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>(),
+            layers,
+            user,
+            pinned: false,
+        };
+        let saved = store::save(&self.meta, &record)?;
+        tracing::info!(image = %name, id = %saved.id, layers = saved.layers.len(), "pulled");
+        Ok(saved)
+    }
+
+    fn layer_lock(&self, chain: &Digest) -> Arc<AsyncMutex<()>> {
+        let mut locks = self.layer_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = locks.get(chain).and_then(Weak::upgrade) {
+            return l;
+        }
+        locks.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(AsyncMutex::new(()));
+        locks.insert(chain.clone(), Arc::downgrade(&l));
+        l
+    }
+
+    async fn layer(&self, remote: &Remote, layer: &LayerRecord) -> Result<(), ImageError> {
+        let lock = self.layer_lock(&layer.chain_id);
+        let _held = lock.lock().await;
+        if self.snapshots.exists(&layer.chain_id) {
+            tracing::debug!(layer = %layer.digest, "layer present");
+            return Ok(());
+        }
+        self.retry("layer", || self.layer_once(remote, layer)).await
+    }
+
+    async fn layer_once(&self, remote: &Remote, layer: &LayerRecord) -> Result<(), ImageError> {
+        let compression =
+            Compression::of_media_type(&layer.media_type).unwrap_or(Compression::None);
+        let temp = self.snapshots.prepare(&layer.chain_id)?;
+        let sized = remote
+            .client
+            .pull_blob_stream(&remote.reference, layer.digest.as_str())
+            .await
+            .map_err(|e| remote.error(e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let dir = temp.fs();
+        let opts = UnpackOptions {
+            privileged: self.config.privileged,
+            ..UnpackOptions::default()
+        };
+        let worker =
+            tokio::task::spawn_blocking(move || pipeline::run(rx, compression, &dir, &opts));
+        let mut stream = sized.stream;
+        let mut received: u64 = 0;
+        while let Some(item) = futures_util::StreamExt::next(&mut stream).await {
+            if let Ok(chunk) = &item {
+                received += chunk.len() as u64;
+                if received > layer.size {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "the registry sent more than the {} bytes the manifest declares",
+                            layer.size
+                        ))))
+                        .await;
+                    break;
+                }
+            }
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+        let out = worker.await.map_err(|e| ImageError::Io {
+            op: "join unpack worker",
+            path: temp.fs(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if let Some(msg) = out.stream_failed {
+            return Err(ImageError::Registry {
+                reference: remote.name.clone(),
+                endpoint: remote.host.clone(),
+                message: format!("downloading layer {}: {msg}", layer.digest),
+                kind: Kind::Unavailable,
+            });
+        }
+        if out.size != layer.size || out.digest != layer.digest {
+            return Err(ImageError::Mismatch {
+                reference: remote.name.clone(),
+                what: format!("layer {} (digest, size)", layer.digest),
+                expected: format!("{}, {} bytes", layer.digest, layer.size),
+                actual: format!("{}, {} bytes", out.digest, out.size),
+            });
+        }
+        let stats = out.unpacked.map_err(|source| ImageError::Unpack {
+            reference: remote.name.clone(),
+            layer: layer.digest.to_string(),
+            source,
+        })?;
+        match &out.diff_id {
+            Some(d) if d == &layer.diff_id => {}
+            other => {
+                return Err(ImageError::Mismatch {
+                    reference: remote.name.clone(),
+                    what: format!("layer {} diff_id", layer.digest),
+                    expected: layer.diff_id.to_string(),
+                    actual: other
+                        .as_ref()
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "(unknown)".into()),
+                });
+            }
+        }
+        let snapshots = self.snapshots.clone();
+        let chain = layer.chain_id.clone();
+        tokio::task::spawn_blocking(move || snapshots.commit(temp, &chain))
+            .await
+            .map_err(|e| ImageError::Io {
+                op: "join commit",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        tracing::debug!(layer = %layer.digest, entries = stats.entries, bytes = stats.bytes, "layer unpacked");
+        Ok(())
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        store::list(&self.meta)
+    }
+
+    /// The image a CRI image string (id, tag or digest reference) names, if present.
+    pub fn resolve(&self, image: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let id = match reference::lookup(image)? {
+            Lookup::Id(d) => Some(d),
+            Lookup::Name(n) => store::by_name(&self.meta, &n)?,
+        };
+        match id {
+            Some(id) => store::get(&self.meta, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored config of an image.
+    pub fn config_json(&self, record: &ImageRecord) -> Result<Vec<u8>, ImageError> {
+        self.content.get(&record.id)
+    }
+
+    /// Remove an image with all its names; an absent image is not an error.
+    /// `in_use` names the containers using an image id; a used image is refused.
+    pub async fn remove(
+        &self,
+        image: &str,
+        in_use: impl Fn(&Digest) -> Vec<String>,
+    ) -> Result<(), ImageError> {
+        let _exclusive = self.gc_lock.write().await;
+        let Some(record) = self.resolve(image)? else {
+            return Ok(());
+        };
+        let users = in_use(&record.id);
+        if !users.is_empty() {
+            return Err(ImageError::InUse {
+                image: record.id.to_string(),
+                containers: users.join(", "),
+            });
+        }
+        store::delete(&self.meta, &record)?;
+        let gc = self.gc_locked()?;
+        tracing::info!(image, id = %record.id, gc_snapshots = gc.snapshots, gc_blobs = gc.blobs, "image removed");
+        Ok(())
+    }
+
+    /// Remove snapshots and blobs no image references.
+    pub async fn gc(&self) -> Result<GcStats, ImageError> {
+        let _exclusive = self.gc_lock.write().await;
+        self.gc_locked()
+    }
+
+    fn gc_locked(&self) -> Result<GcStats, ImageError> {
+        let images = store::list(&self.meta)?;
+        let mut chains = HashSet::new();
+        let mut blobs = HashSet::new();
+        for img in &images {
+            chains.extend(img.chain_ids());
+            blobs.insert(img.id.clone());
+            blobs.insert(img.manifest.clone());
+            if let Some(i) = &img.index {
+                blobs.insert(i.clone());
+            }
+        }
+        let mut stats = GcStats::default();
+        for c in self.snapshots.list()? {
+            if !chains.contains(&c) {
+                self.snapshots.remove(&c)?;
+                stats.snapshots += 1;
+            }
+        }
+        for b in self.content.list()? {
+            if !blobs.contains(&b) {
+                self.content.delete(&b)?;
+                stats.blobs += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Bytes and inodes used by snapshots and blobs (walks the snapshot directories).
+    pub fn usage(&self) -> Usage {
+        let (bytes, files) = self.content.usage();
+        let mut usage = Usage {
+            bytes,
+            inodes: files,
+        };
+        let root = self.config.root.join("snapshots");
+        let mut seen = HashSet::new();
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                use std::os::unix::fs::MetadataExt;
+                if !seen.insert((m.dev(), m.ino())) {
+                    continue;
+                }
+                usage.inodes += 1;
+                usage.bytes += m.blocks() * 512;
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        usage
+    }
+}

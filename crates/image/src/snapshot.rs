@@ -1,0 +1,210 @@
+//! Snapshots: one directory per layer, keyed by chain id, shared between images.
+//!
+//! A layer unpacks into `snapshots/tmp-<hex>-<n>/fs`, is synced (syncfs), then renamed
+//! to `snapshots/<chain hex>/`; a crash leaves only `tmp-*` directories, which
+//! [`Snapshotter::clean_temps`] removes at start-up. The snapshotter never mounts: it
+//! returns overlay mounts as data.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::Digest;
+use crate::error::{ImageError, io};
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A mount, as data, for the runtime to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Filesystem type, e.g. `overlay`.
+    pub fstype: String,
+    /// Source, e.g. `overlay`.
+    pub source: String,
+    /// Lower directories, topmost first (passed with fsconfig `lowerdir+`).
+    pub lower: Vec<PathBuf>,
+    /// The upper directory.
+    pub upper: PathBuf,
+    /// The overlay work directory.
+    pub work: PathBuf,
+}
+
+/// Layer directories under `<root>/snapshots`.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    dir: PathBuf,
+}
+
+/// A snapshot being written; removed on drop unless committed.
+#[derive(Debug)]
+pub struct TempSnapshot {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl TempSnapshot {
+    /// The directory the layer's files go into.
+    pub fn fs(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+}
+
+impl Drop for TempSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Snapshotter {
+    /// The snapshotter under `root` (directory created).
+    pub fn open(root: &Path) -> Result<Snapshotter, ImageError> {
+        let dir = root.join("snapshots");
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        Ok(Snapshotter { dir })
+    }
+
+    fn path(&self, chain: &Digest) -> PathBuf {
+        self.dir.join(chain.hex())
+    }
+
+    /// The committed layer directory (the overlay lower dir) of `chain`.
+    pub fn fs_path(&self, chain: &Digest) -> PathBuf {
+        self.path(chain).join("fs")
+    }
+
+    /// Whether `chain` is committed.
+    pub fn exists(&self, chain: &Digest) -> bool {
+        self.fs_path(chain).is_dir()
+    }
+
+    /// A fresh temp snapshot for `chain`.
+    pub fn prepare(&self, chain: &Digest) -> Result<TempSnapshot, ImageError> {
+        let n = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .dir
+            .join(format!("tmp-{}-{}-{n}", chain.hex(), std::process::id()));
+        let fs_dir = dir.join("fs");
+        fs::create_dir_all(&fs_dir).map_err(io("create", &fs_dir))?;
+        Ok(TempSnapshot {
+            dir,
+            committed: false,
+        })
+    }
+
+    /// Make a fully written temp snapshot visible as `chain`: sync, then rename.
+    pub fn commit(&self, mut temp: TempSnapshot, chain: &Digest) -> Result<(), ImageError> {
+        let dir_fd = fs::File::open(&temp.dir).map_err(io("open", &temp.dir))?;
+        rustix::fs::syncfs(&dir_fd).map_err(|e| ImageError::Io {
+            op: "syncfs",
+            path: temp.dir.clone(),
+            source: e.into(),
+        })?;
+        let target = self.path(chain);
+        match fs::rename(&temp.dir, &target) {
+            Ok(()) => {}
+            // Someone committed the same chain first: theirs is as good as ours.
+            Err(_) if self.exists(chain) => return Ok(()),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    op: "rename",
+                    path: temp.dir.clone(),
+                    source: e,
+                });
+            }
+        }
+        temp.committed = true;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Remove a committed snapshot; missing is fine.
+    pub fn remove(&self, chain: &Digest) -> Result<(), ImageError> {
+        let path = self.path(chain);
+        // Rename first so a crash mid-delete leaves a tmp-* dir, not a half snapshot.
+        let doomed = self
+            .dir
+            .join(format!("tmp-rm-{}-{}", chain.hex(), std::process::id()));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => fs::remove_dir_all(&doomed).map_err(io("remove", &doomed)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ImageError::Io {
+                op: "rename",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// Every committed chain id.
+    pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let entry = entry.map_err(io("list", &self.dir))?;
+            if let Some(name) = entry.file_name().to_str()
+                && let Ok(d) = Digest::parse(&format!("sha256:{name}"))
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove leftovers of interrupted unpacks and deletes.
+    pub fn clean_temps(&self) -> Result<usize, ImageError> {
+        let mut n = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let entry = entry.map_err(io("list", &self.dir))?;
+            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The overlay mount for a container on `chains` (bottom layer first).
+    pub fn mounts(&self, chains: &[Digest], upper: &Path, work: &Path) -> Mount {
+        Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            lower: chains.iter().rev().map(|c| self.fs_path(c)).collect(),
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_commit_remove_and_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshotter::open(dir.path()).unwrap();
+        let chain = Digest::of(b"layer");
+        let t = s.prepare(&chain).unwrap();
+        std::fs::write(t.fs().join("f"), b"x").unwrap();
+        s.commit(t, &chain).unwrap();
+        assert!(s.exists(&chain));
+        assert_eq!(s.list().unwrap(), vec![chain.clone()]);
+        // A dropped temp snapshot disappears.
+        let t = s.prepare(&Digest::of(b"other")).unwrap();
+        let tdir = t.fs();
+        drop(t);
+        assert!(!tdir.exists());
+        // A crash leftover is cleaned.
+        std::fs::create_dir_all(dir.path().join("snapshots/tmp-x/fs")).unwrap();
+        assert_eq!(s.clean_temps().unwrap(), 1);
+        let m = s.mounts(&[chain.clone()], Path::new("/u"), Path::new("/w"));
+        assert_eq!(m.lower, vec![s.fs_path(&chain)]);
+        s.remove(&chain).unwrap();
+        s.remove(&chain).unwrap();
+        assert!(!s.exists(&chain));
+    }
+}

@@ -1,0 +1,95 @@
+//! What the numbers were measured on: the machine and the software versions.
+
+use std::path::Path;
+
+use crate::sys::{on_path, version_line};
+
+/// The machine and versions block of every report.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// `nproc`.
+    pub cpus: usize,
+    /// CPU model from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// MemTotal, KiB.
+    pub mem_kib: u64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// `containerd --version`.
+    pub containerd: String,
+    /// `runc --version` (first line).
+    pub runc: String,
+    /// `skiffd --version`.
+    pub skiffd: String,
+    /// `tar --version` (first line).
+    pub tar: String,
+    /// Which gzip decompressor containerd uses.
+    pub containerd_gunzip: String,
+}
+
+impl Machine {
+    /// Reads `/proc` and runs the `--version`s.
+    pub fn describe(skiffd: &Path, containerd: &Path) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == "model name").then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        let uname = rustix::system::uname();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model,
+            mem_kib,
+            kernel: uname.release().to_string_lossy().into_owned(),
+            containerd: version_line(&containerd.to_string_lossy(), &["--version"]),
+            runc: version_line("runc", &["--version"]),
+            skiffd: version_line(&skiffd.to_string_lossy(), &["--version"]),
+            tar: version_line("tar", &["--version"]),
+            containerd_gunzip: if on_path("unpigz") {
+                "unpigz (found on PATH)".into()
+            } else {
+                "Go compress/gzip (no unpigz on PATH)".into()
+            },
+        }
+    }
+
+    /// The markdown block.
+    pub fn markdown(&self) -> String {
+        format!(
+            "## Machine\n\n\
+             - CPU: {cpus} × {model}\n\
+             - memory: {mem:.1} GiB\n\
+             - kernel: {kernel}\n\
+             - stores: both daemons' root and state on one tmpfs mounted for the run; registry \
+               (Debian docker-registry, storage in page cache) and both daemons in one network \
+               namespace, pulls over its loopback\n\n\
+             ## Versions\n\n\
+             - skiffd: {skiffd}\n\
+             - containerd: {containerd} (gzip: {gunzip})\n\
+             - runc: {runc}\n\
+             - tar: {tar}\n",
+            cpus = self.cpus,
+            model = self.cpu_model,
+            mem = kib_to_gib(self.mem_kib),
+            kernel = self.kernel,
+            skiffd = self.skiffd,
+            containerd = self.containerd,
+            gunzip = self.containerd_gunzip,
+            runc = self.runc,
+            tar = self.tar,
+        )
+    }
+}
+
+fn kib_to_gib(kib: u64) -> f64 {
+    kib as f64 / (1024.0 * 1024.0)
+}

@@ -1,0 +1,264 @@
+//! skiff-perf: measures skiffd against Debian's containerd side by side over
+//! CRI and writes markdown reports and PNG plots to `perf/results/`.
+//!
+//! Run it through `perf/run`, which installs the packages it needs and builds
+//! this binary and skiffd in release mode. See `perf/README.md`.
+
+mod cleanup;
+mod cri;
+mod harness;
+mod machine;
+mod plot;
+mod report;
+mod scenario;
+mod stats;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+
+use harness::{Harness, Kind, Options};
+use machine::Machine;
+use report::{DaemonLine, Report, Stamp};
+use scenario::{Outcome, Scenario, pull};
+
+/// skiff against containerd, side by side over CRI.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = scenarios_help())]
+struct Args {
+    /// Scenarios to run (default: all): pull, podstart, density, logs, exec, netsetup.
+    scenarios: Vec<String>,
+    /// Small images and one repetition: keeps the harness working (CI); asserts no timings.
+    #[arg(long)]
+    quick: bool,
+    /// Timed repetitions per case (default 5, quick 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// The skiffd binary.
+    #[arg(long, default_value = "target/release/skiffd")]
+    skiffd: PathBuf,
+    /// The containerd binary (the anchor).
+    #[arg(long, default_value = "/usr/bin/containerd")]
+    containerd: PathBuf,
+    /// Where reports go.
+    #[arg(long, default_value = "perf/results")]
+    results: PathBuf,
+    /// tmpfs size for the run (`mount -o size=` syntax).
+    #[arg(long, default_value = "16g")]
+    tmpfs_size: String,
+    /// pull: files in the many-small-files image.
+    #[arg(long)]
+    small_count: Option<usize>,
+    /// pull: bytes per small file.
+    #[arg(long)]
+    small_size: Option<u64>,
+    /// pull: files in the few-big-files image.
+    #[arg(long)]
+    big_count: Option<usize>,
+    /// pull: MiB per big file.
+    #[arg(long)]
+    big_mib: Option<u64>,
+}
+
+fn scenarios_help() -> String {
+    let mut s = String::from("Scenarios:\n");
+    for sc in Scenario::ALL {
+        s.push_str(&format!("  {:<9} {}", sc.name(), sc.what()));
+        if let Some(r) = sc.not_implemented() {
+            s.push_str(&format!(" [{r}]"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skiff-perf: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    // Everything is normally released by its guard already; this is the safety net.
+    cleanup::run_all();
+    code
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let mut scenarios = Vec::new();
+    for name in &args.scenarios {
+        match Scenario::parse(name) {
+            Some(s) => scenarios.push(s),
+            None => bail!("unknown scenario {name:?}\n{}", scenarios_help()),
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
+    }
+    scenarios.sort();
+    scenarios.dedup();
+
+    let mut sizes = if args.quick {
+        pull::Sizes::QUICK
+    } else {
+        pull::Sizes::FULL
+    };
+    if let Some(r) = args.reps {
+        sizes.reps = r.max(1);
+    }
+    if let Some(v) = args.small_count {
+        sizes.small_count = v;
+    }
+    if let Some(v) = args.small_size {
+        sizes.small_size = v;
+    }
+    if let Some(v) = args.big_count {
+        sizes.big_count = v;
+    }
+    if let Some(v) = args.big_mib {
+        sizes.big_size = v << 20;
+    }
+    let mode = format!(
+        "{} mode, {} repetition{}",
+        if args.quick { "quick" } else { "full" },
+        sizes.reps,
+        if sizes.reps == 1 { "" } else { "s" }
+    );
+
+    let stamp = Stamp::now();
+    let command = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let skiffd = std::path::absolute(&args.skiffd).context("resolving --skiffd")?;
+    let machine = Machine::describe(&skiffd, &args.containerd);
+    let needs_daemons = scenarios.iter().any(|s| s.not_implemented().is_none());
+
+    let mut harness = if needs_daemons {
+        harness::preflight()?;
+        cleanup::install_signal_handler()?;
+        let mount_point = std::env::temp_dir().join(format!("skiff-perf-{}", std::process::id()));
+        eprintln!(
+            "skiff-perf: starting registry, containerd and skiffd on tmpfs {}",
+            mount_point.display()
+        );
+        Some(Harness::start(&Options {
+            skiffd: skiffd.clone(),
+            containerd: args.containerd.clone(),
+            mount_point,
+            tmpfs_size: args.tmpfs_size.clone(),
+        })?)
+    } else {
+        None
+    };
+
+    let mut anchor_missing = false;
+    for sc in scenarios {
+        let mut report = Report {
+            scenario: sc,
+            stamp: &stamp,
+            command: &command,
+            mode: mode.clone(),
+            machine: &machine,
+            daemons: Vec::new(),
+            outcome: None,
+            notes: Vec::new(),
+        };
+        let mut png = None;
+        if let (None, Some(h)) = (sc.not_implemented(), harness.as_mut()) {
+            if let Err(reason) = &h.containerd.state {
+                eprintln!("skiff-perf: anchor unavailable: {reason}");
+                anchor_missing = true;
+            }
+            if let Err(reason) = &h.skiff.state {
+                eprintln!("skiff-perf: skiff unavailable: {reason}");
+            }
+            let cpu0 = cpu_now(h);
+            let outcome = match sc {
+                Scenario::Pull => pull::run(h, sizes)?,
+                _ => Outcome::default(),
+            };
+            report.daemons = daemon_lines(h, &cpu0);
+            report.notes = h.notes.clone();
+            if !outcome.plot.is_empty() {
+                let tmp = h.base().join(format!("{}.png", sc.name()));
+                match plot::strip_chart(&tmp, &outcome.plot_title, &outcome.plot) {
+                    Ok(()) => png = Some(tmp),
+                    Err(e) => report.notes.push(format!("no plot: {e:#}")),
+                }
+            }
+            report.outcome = Some(outcome);
+        }
+        let written = report::write(&args.results, &report, args.quick, png.as_deref())?;
+        println!("{}", report.render(None));
+        for p in written {
+            eprintln!("skiff-perf: wrote {}", p.display());
+        }
+    }
+    drop(harness);
+
+    if anchor_missing && !args.quick {
+        eprintln!("skiff-perf: the anchor was unavailable: the report has skiff's side only");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_now(h: &mut Harness) -> Vec<(Kind, Option<f64>)> {
+    h.systems()
+        .into_iter()
+        .map(|s| {
+            let kind = s.kind;
+            (
+                kind,
+                s.running().and_then(|r| sys::cpu_seconds(r.pid()).ok()),
+            )
+        })
+        .collect()
+}
+
+fn daemon_lines(h: &mut Harness, cpu0: &[(Kind, Option<f64>)]) -> Vec<DaemonLine> {
+    let mut lines = Vec::new();
+    for s in h.systems() {
+        let kind = s.kind;
+        let before = cpu0.iter().find(|(k, _)| *k == kind).and_then(|(_, c)| *c);
+        let line = match &mut s.state {
+            Ok(r) => {
+                let pid = r.pid();
+                let after = sys::cpu_seconds(pid).ok();
+                DaemonLine {
+                    kind,
+                    status: Ok(format!(
+                        "{} (CRI Version: {}), pid {pid}",
+                        match kind {
+                            Kind::Skiff => "skiffd",
+                            Kind::Containerd => "containerd",
+                        },
+                        r.cri_version
+                    )),
+                    pid: Some(pid),
+                    idle_rss_kib: r.idle_rss_kib,
+                    rss_kib: sys::status_kib(pid, "VmRSS"),
+                    hwm_kib: sys::status_kib(pid, "VmHWM"),
+                    cpu_s: before.zip(after).map(|(a, b)| b - a),
+                }
+            }
+            Err(reason) => DaemonLine {
+                kind,
+                status: Err(reason.clone()),
+                pid: None,
+                idle_rss_kib: None,
+                rss_kib: None,
+                hwm_kib: None,
+                cpu_s: None,
+            },
+        };
+        lines.push(line);
+    }
+    lines
+}

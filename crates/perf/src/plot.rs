@@ -1,0 +1,155 @@
+//! PNG strip charts of latency samples: one column per case, skiff and
+//! containerd side by side, every sample a dot, the median a bar; log y axis.
+//!
+//! Text is drawn with ab_glyph from DejaVu Sans read at run time (Debian's
+//! `fonts-dejavu-core`), so there is no fontconfig dependency.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, anyhow};
+use plotters::prelude::*;
+
+use crate::harness::Kind;
+use crate::stats::Summary;
+
+/// The font file text is rendered with.
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// One system's samples of one case.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Whose samples.
+    pub system: Kind,
+    /// Latencies, ms.
+    pub samples: Vec<f64>,
+}
+
+/// One case (an image, a step): a column on the x axis.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The column label.
+    pub name: String,
+    /// Up to one series per system.
+    pub series: Vec<Series>,
+}
+
+fn color(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Skiff => RGBColor(0x1f, 0x77, 0xb4),
+        Kind::Containerd => RGBColor(0xd6, 0x27, 0x28),
+    }
+}
+
+fn offset(kind: Kind) -> f64 {
+    match kind {
+        Kind::Skiff => -0.18,
+        Kind::Containerd => 0.18,
+    }
+}
+
+fn register_font() -> anyhow::Result<()> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let bytes = std::fs::read(FONT)
+            .map_err(|e| format!("reading {FONT} (apt-get install fonts-dejavu-core): {e}"))?;
+        // ab_glyph keeps a &'static reference to the font for the process lifetime.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{FONT} is not a usable TTF"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Draws `groups` into a PNG at `path`.
+pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result<()> {
+    register_font()?;
+    let all: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.series.iter().flat_map(|s| s.samples.iter().copied()))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let (Some(lo), Some(hi)) = (
+        all.iter().copied().reduce(f64::min),
+        all.iter().copied().reduce(f64::max),
+    ) else {
+        return Err(anyhow!("no samples to plot"));
+    };
+    let (lo, hi) = (lo / 1.5, hi * 1.5);
+    let n = groups.len();
+    let width = u32::try_from(300 + 170 * n).unwrap_or(1600).min(2400);
+
+    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+    let keys: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (-0.5..(n as f64 - 0.5)).with_key_points(keys),
+            (lo..hi).log_scale(),
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                // i is a small non-negative integer here (a column index).
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let i = i as usize;
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("latency (ms, log scale)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+
+    for kind in Kind::ALL {
+        let c = color(kind);
+        let mut dots = Vec::new();
+        let mut bars = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            for s in g.series.iter().filter(|s| s.system == kind) {
+                let x = i as f64 + offset(kind);
+                dots.extend(
+                    s.samples
+                        .iter()
+                        .map(|&y| Circle::new((x, y), 4, c.mix(0.6).filled())),
+                );
+                if let Some(sum) = Summary::of(&s.samples) {
+                    bars.push(PathElement::new(
+                        vec![(x - 0.12, sum.p50), (x + 0.12, sum.p50)],
+                        c.stroke_width(3),
+                    ));
+                }
+            }
+        }
+        chart
+            .draw_series(dots)
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label(kind.label())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+        chart.draw_series(bars).map_err(|e| anyhow!("{e:?}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    root.present()
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

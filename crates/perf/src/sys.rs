@@ -1,0 +1,262 @@
+//! Host plumbing: commands, the tmpfs, daemon processes, `/proc` readings.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::cleanup::Undo;
+
+/// Runs `cmd` to completion and returns its stdout; a non-zero exit is an error
+/// carrying stderr.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first line `program args…` prints (stdout, else stderr), or why it could not run.
+pub fn version_line(program: &str, args: &[&str]) -> String {
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        }
+        Err(e) => format!("unavailable ({program}: {e})"),
+    }
+}
+
+/// Whether `program` is found on `PATH`.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A tmpfs mounted for the run: everything the daemons store lives here.
+/// Unmounting is recursive, so mounts the daemons leave below it go too.
+#[derive(Debug)]
+pub struct Tmpfs {
+    path: PathBuf,
+    _undo: Undo,
+}
+
+impl Tmpfs {
+    /// Creates `path` and mounts a tmpfs of `size` (e.g. `16g`) on it.
+    pub fn mount(path: &Path, size: &str) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("skiff-perf")
+            .arg(path))?;
+        let p = path.to_path_buf();
+        let undo = Undo::register(format!("unmount {}", path.display()), move || {
+            unmount_tree(&p);
+        });
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+            _undo: undo,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `umount -R path` (lazily if busy), then removes the mount point directory.
+pub fn unmount_tree(path: &Path) {
+    if let Err(e) = run(Command::new("umount").arg("-R").arg(path)) {
+        eprintln!("skiff-perf: {e}; retrying lazily");
+        if let Err(e) = run(Command::new("umount").args(["-R", "-l"]).arg(path)) {
+            eprintln!("skiff-perf: {e}");
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(path) {
+        eprintln!("skiff-perf: removing {}: {e}", path.display());
+    }
+}
+
+/// A daemon process started by the harness in its own process group (a
+/// terminal's Ctrl-C reaches only the harness, which stops it in order).
+/// Stopped by PID with SIGTERM, then SIGKILL after `grace`; reaped.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    pid: u32,
+    child: Arc<Mutex<Child>>,
+    log: PathBuf,
+    _undo: Undo,
+}
+
+impl Daemon {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let shown = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {shown}"))?;
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        let c = child.clone();
+        let n = name.to_owned();
+        let undo = Undo::register(format!("stop {name} (pid {pid})"), move || {
+            stop(&n, &c, grace);
+        });
+        Ok(Daemon {
+            name: name.to_owned(),
+            pid,
+            child,
+            log: log.to_path_buf(),
+            _undo: undo,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The daemon's name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// The last `bytes` of the daemon's log.
+    pub fn log_tail(&self, bytes: u64) -> String {
+        let read = || -> std::io::Result<String> {
+            let mut f = File::open(&self.log)?;
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        };
+        read().unwrap_or_else(|e| format!("<reading {}: {e}>", self.log.display()))
+    }
+}
+
+fn stop(name: &str, child: &Mutex<Child>, grace: Duration) {
+    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
+    if let Some(pid) = pid
+        && let Err(e) = kill_process(pid, Signal::TERM)
+    {
+        eprintln!("skiff-perf: SIGTERM to {name}: {e}");
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    eprintln!("skiff-perf: {name} ignored SIGTERM for {grace:?}: SIGKILL");
+    // Child::kill signals this child's pid only.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// CPU seconds (user + system, own and reaped children's) of `pid`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command: state is field 3, utime 14 … cstime 17.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0u64;
+    for i in 11..=14 {
+        ticks += fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<u64>()
+            .context("parsing /proc/<pid>/stat")?;
+    }
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(field)?.strip_prefix(':')?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Bytes of regular files under `path`, skipping files whose name `skip`
+/// accepts (metadata databases, sockets …). Missing paths count 0.
+pub fn tree_bytes(path: &Path, skip: &dyn Fn(&str) -> bool) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            total += tree_bytes(&entry.path(), skip);
+        } else if ft.is_file() && !skip(&entry.file_name().to_string_lossy()) {
+            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
+}
