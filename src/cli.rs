@@ -288,10 +288,7 @@ fn print_images(images: &[api::Image], quiet: bool) {
         }
         return;
     }
-    println!(
-        "{:<48} {:<16} {:<15} {}",
-        "IMAGE", "TAG", "IMAGE ID", "SIZE"
-    );
+    println!("{:<48} {:<16} {:<15} SIZE", "IMAGE", "TAG", "IMAGE ID");
     for i in images {
         let short =
             i.id.trim_start_matches("sha256:")

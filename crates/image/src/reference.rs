@@ -62,10 +62,11 @@ pub fn lookup(image: &str) -> Result<Lookup, ImageError> {
     if let Ok(d) = Digest::parse(image) {
         return Ok(Lookup::Id(d));
     }
-    if image.len() == 64 && image.bytes().all(|b| b.is_ascii_hexdigit()) {
-        if let Ok(d) = Digest::parse(&format!("sha256:{}", image.to_ascii_lowercase())) {
-            return Ok(Lookup::Id(d));
-        }
+    if image.len() == 64
+        && image.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(d) = Digest::parse(&format!("sha256:{}", image.to_ascii_lowercase()))
+    {
+        return Ok(Lookup::Id(d));
     }
     let r = parse(image)?;
     match r.digest() {

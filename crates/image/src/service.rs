@@ -193,7 +193,7 @@ impl Images {
             match f().await {
                 Err(e) if e.transient() && attempt < self.config.attempts => {
                     let backoff = Duration::from_millis(200 << attempt.min(6));
-                    tracing::info!(what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "retrying");
+                    tracing::info!(what, attempt, error = %e, backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "retrying");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
                 }
