@@ -70,6 +70,22 @@ pub enum Command {
     },
     /// Print the image filesystem usage as JSON.
     Imagefsinfo,
+    /// Image operations beyond CRI.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `skiff image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout tar or a `docker save` tar (read by skiffd on this node).
+    Import {
+        /// The archive.
+        file: std::path::PathBuf,
+        /// The name to record the image under (needed when the archive names none).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// A failed CLI command.
@@ -164,18 +180,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }),
                     (None, None) => None,
                 };
-                // Pulls take as long as they take: no per-call timeout here.
-                let r = rpc(
-                    "PullImage",
-                    86_400,
-                    client.images.pull_image(api::PullImageRequest {
-                        image: Some(image_spec(&image)),
-                        auth,
-                        sandbox_config: None,
-                    }),
-                )
-                .await?;
-                println!("Image is up to date for {}", r.image_ref);
+                let image_ref =
+                    crate::progress::pull_with_progress(&mut client, &image, auth).await?;
+                println!("Image is up to date for {image_ref}");
             }
             Command::Images { image, quiet } => {
                 let r = rpc(
@@ -228,6 +235,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     println!("Deleted: {image}");
                 }
             }
+            Command::Image(ImageCommand::Import { file, name }) => {
+                let path = std::path::absolute(&file).map_err(CliError::Runtime)?;
+                let mut admin =
+                    crate::admin::api::admin_client::AdminClient::new(client.channel.clone());
+                let r = rpc(
+                    "ImportImage",
+                    86_400,
+                    admin.import_image(crate::admin::api::ImportImageRequest {
+                        path: path.display().to_string(),
+                        name: name.unwrap_or_default(),
+                    }),
+                )
+                .await?;
+                for i in r.images {
+                    println!("imported {} {}", i.id, i.repo_tags.join(" "));
+                }
+            }
             Command::Imagefsinfo => {
                 let r = rpc(
                     "ImageFsInfo",
@@ -242,7 +266,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     })
 }
 
-async fn rpc<T>(
+pub(crate) async fn rpc<T>(
     method: &'static str,
     seconds: u64,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -235,7 +235,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             images: Arc::new(ImageService::new(images.clone())),
             ..Default::default()
         };
-        serve_until_signal(listener, ports).await
+        let extra = tonic::service::Routes::default()
+            .add_service(crate::admin::AdminService::server(images.clone()));
+        serve_until_signal(listener, ports, extra).await
     });
     // Only remove the socket we bound; a failure to bind leaves others' sockets alone.
     if !matches!(
@@ -254,11 +256,12 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
 async fn serve_until_signal(
     listener: tokio::net::UnixListener,
     ports: skiff_cri::Ports,
+    extra: tonic::service::Routes,
 ) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(skiff_cri::server::serve(listener, ports, async {
+    let mut server = tokio::spawn(skiff_cri::server::serve(listener, ports, extra, async {
         let _ = stop_rx.await;
     }));
     tracing::info!("serving CRI");

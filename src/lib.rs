@@ -1,5 +1,6 @@
 //! skiffd: the daemon that composes skiff's crates, and the `skiff` CLI.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crictl_config;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod images;
 pub mod info;
 pub mod logging;
+pub mod progress;
 
 /// The metadata store (crates/meta).
 pub use skiff_meta as meta;

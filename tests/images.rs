@@ -501,3 +501,180 @@ async fn sigkill_mid_pull_then_pull_again() {
     assert_eq!(img.id, image.config_digest);
     let _ = &env as &RegistryEnv;
 }
+
+fn docker_save_tar(image: &skiff_testkit::image::Image, tag: &str, out: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, bytes).unwrap();
+    };
+    let config_name = format!("{}.json", image.config_digest.trim_start_matches("sha256:"));
+    add(&config_name, &image.config);
+    let mut layers = Vec::new();
+    for (i, l) in image.layers.iter().enumerate() {
+        let name = format!("layer{i}/layer.tar");
+        add(&name, &l.tar());
+        layers.push(name);
+    }
+    let manifest =
+        serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": layers }]);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    b.into_inner().unwrap();
+}
+
+fn skiff(env: &RegistryEnv, args: &[&str]) -> std::process::Output {
+    let endpoint = format!("unix://{}", env.skiffd.socket.display());
+    std::process::Command::new(common::skiff_bin())
+        .arg("-r")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn import_oci_layout_and_docker_save_like_a_pull() {
+    let Some(env) = common::start_with_registry("import_oci_layout_and_docker_save", "", &[])
+    else {
+        return;
+    };
+    let mut c = env.skiffd.client().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // OCI layout whose ref name is a full reference.
+    let image = busybox(Compression::Gzip);
+    let oci = dir.path().join("oci.tar");
+    skiff_testkit::image::write_oci_layout_tar(&image, "example.com/app/busybox:1.2", &oci)
+        .unwrap();
+    let out = skiff(&env, &["image", "import", oci.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&image.config_digest));
+    let img = status(&mut c, "example.com/app/busybox:1.2", false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(img.id, image.config_digest);
+    assert_eq!(snapshot_dirs(&env.skiffd.root).len(), 1);
+
+    // The same image pulled afterwards shares the snapshot.
+    env.push("test/busybox", "1", &image);
+    assert_eq!(
+        pull(&mut c, &format!("{REGISTRY}/test/busybox:1"))
+            .await
+            .unwrap(),
+        image.config_digest
+    );
+    assert_eq!(snapshot_dirs(&env.skiffd.root).len(), 1);
+
+    // docker save, two layers, zstd-free plain tars, a short tag normalised.
+    let two = ImageBuilder::new()
+        .layer(busybox_layer(Compression::Gzip).unwrap())
+        .layer(
+            LayerBuilder::new()
+                .file("etc/app.conf", 0o644, "x=1")
+                .finish(Compression::Gzip)
+                .unwrap(),
+        )
+        .build();
+    let saved = dir.path().join("docker.tar");
+    docker_save_tar(&two, "myapp:v3", &saved);
+    let out = skiff(&env, &["image", "import", saved.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = status(&mut c, "docker.io/library/myapp:v3", false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(img.id, two.config_digest);
+    assert!(
+        snapshot_dirs(&env.skiffd.root)
+            .iter()
+            .any(|p| p.join("fs/etc/app.conf").is_file())
+    );
+
+    // --name for an archive that names nothing; a bad archive is a clear error.
+    let unnamed = dir.path().join("unnamed.tar");
+    skiff_testkit::image::write_oci_layout_tar(&image, "latest", &unnamed).unwrap();
+    let out = skiff(
+        &env,
+        &[
+            "image",
+            "import",
+            "--name",
+            "local/thing:7",
+            unnamed.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status(&mut c, "docker.io/local/thing:7", false)
+            .await
+            .image
+            .is_some()
+    );
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar at all").unwrap();
+    let out = skiff(&env, &["image", "import", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("junk.tar"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn cli_pull_images_rmi() {
+    let Some(env) = common::start_with_registry("cli_pull_images_rmi", "", &[]) else {
+        return;
+    };
+    let image = busybox(Compression::Zstd);
+    env.push("test/cli", "2", &image);
+    let name = format!("{REGISTRY}/test/cli:2");
+    let out = skiff(&env, &["pull", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&image.config_digest), "{text}");
+    assert!(
+        text.contains("done"),
+        "plain per-layer lines off a terminal: {text}"
+    );
+    let out = skiff(&env, &["images"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("127.0.0.1:5000/test/cli") && text.contains(" 2 "),
+        "{text}"
+    );
+    let out = skiff(&env, &["images", "-q"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        image.config_digest
+    );
+    let out = skiff(&env, &["inspecti", &name]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"]["id"], image.config_digest.as_str());
+    let out = skiff(&env, &["rmi", &name]);
+    assert!(out.status.success());
+    let out = skiff(&env, &["images", "-q"]);
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let out = skiff(&env, &["inspecti", &name]);
+    assert!(!out.status.success());
+}

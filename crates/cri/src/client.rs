@@ -34,6 +34,8 @@ pub struct CriClient {
     pub runtime: RuntimeServiceClient<Channel>,
     /// The ImageService client.
     pub images: ImageServiceClient<Channel>,
+    /// The connection, for other services on the same socket.
+    pub channel: Channel,
 }
 
 /// The socket path of an endpoint given as `unix:///path` or `/path`.
@@ -66,9 +68,10 @@ impl CriClient {
             runtime: RuntimeServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            images: ImageServiceClient::new(channel)
+            images: ImageServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            channel,
         })
     }
 

@@ -14,13 +14,15 @@ use crate::runtime::RuntimeServer;
 /// The largest CRI message skiff sends or accepts (the kubelet's own limit).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-/// Serve RuntimeService and ImageService on `listener` until `shutdown` resolves.
+/// Serve RuntimeService and ImageService (and the services in `extra`) on `listener`
+/// until `shutdown` resolves.
 ///
 /// A connection that speaks garbage is closed on its own; the server keeps serving
 /// every other connection.
 pub async fn serve(
     listener: UnixListener,
     ports: Ports,
+    extra: tonic::service::Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let runtime = RuntimeServiceServer::new(RuntimeServer::new(ports.clone()))
@@ -30,8 +32,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
-        .add_service(runtime)
-        .add_service(images)
+        .add_routes(extra.add_service(runtime).add_service(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
 }

@@ -25,6 +25,17 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The compression a blob's first bytes show (gzip and zstd magic numbers).
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
     /// The compression of a layer media type, or `None` if it is not a layer type skiff unpacks.
     pub fn of_media_type(media_type: &str) -> Option<Compression> {
         let mt = media_type
@@ -46,35 +57,61 @@ impl Compression {
     }
 }
 
-/// Reads the channel's chunks in order, hashing and counting them.
-struct ChannelReader {
+/// The chunks of an HTTP body, in order, as a reader.
+pub struct ChannelRead {
     rx: Receiver<io::Result<Bytes>>,
     current: Bytes,
-    hasher: Sha256,
-    size: u64,
-    stream_failed: Option<String>,
 }
 
-impl Read for ChannelReader {
+impl ChannelRead {
+    /// A reader over the chunks sent on `rx`; a sent error is returned once, in place.
+    pub fn new(rx: Receiver<io::Result<Bytes>>) -> ChannelRead {
+        ChannelRead {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
-                Some(Ok(chunk)) => {
-                    self.hasher.update(&chunk);
-                    self.size += chunk.len() as u64;
-                    self.current = chunk;
-                }
-                Some(Err(e)) => {
-                    self.stream_failed = Some(e.to_string());
-                    return Err(e);
-                }
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
         Ok(n)
+    }
+}
+
+/// The compressed source: hashes and counts what it yields, remembers a failed read.
+struct Source<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+    failed: Option<String>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.size += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.failed = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -92,13 +129,13 @@ impl<R: Read> Read for HashReader<R> {
     }
 }
 
-enum Decompressor {
-    None(ChannelReader),
-    Gzip(Box<flate2::read::MultiGzDecoder<BufReader<ChannelReader>>>),
-    Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<ChannelReader>>>),
+enum Decompressor<R: Read> {
+    None(Source<R>),
+    Gzip(Box<flate2::read::MultiGzDecoder<BufReader<Source<R>>>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, BufReader<Source<R>>>>),
 }
 
-impl Read for Decompressor {
+impl<R: Read> Read for Decompressor<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decompressor::None(r) => r.read(buf),
@@ -108,8 +145,8 @@ impl Read for Decompressor {
     }
 }
 
-impl Decompressor {
-    fn new(c: Compression, r: ChannelReader) -> io::Result<Decompressor> {
+impl<R: Read> Decompressor<R> {
+    fn new(c: Compression, r: Source<R>) -> io::Result<Decompressor<R>> {
         Ok(match c {
             Compression::None => Decompressor::None(r),
             Compression::Gzip => Decompressor::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
@@ -121,7 +158,7 @@ impl Decompressor {
         })
     }
 
-    fn into_source(self) -> ChannelReader {
+    fn into_source(self) -> Source<R> {
         match self {
             Decompressor::None(r) => r,
             Decompressor::Gzip(r) => r.into_inner().into_inner(),
@@ -156,23 +193,32 @@ pub struct LayerOutcome {
     pub stream_failed: Option<String>,
 }
 
-/// Run the blocking half of the pipeline: read `rx` to its end, unpack into `dir`.
-///
-/// The whole stream is always consumed, so the compressed digest is known even when
-/// unpacking fails: the caller then tells "the registry sent bad bytes" from "the layer
-/// itself is bad".
+/// Run the blocking half of the pipeline over an HTTP body's chunks.
 pub fn run(
     rx: Receiver<io::Result<Bytes>>,
     compression: Compression,
     dir: &Path,
     opts: &UnpackOptions,
 ) -> LayerOutcome {
-    let source = ChannelReader {
-        rx,
-        current: Bytes::new(),
+    run_reader(ChannelRead::new(rx), compression, dir, opts)
+}
+
+/// Run the pipeline on any source: read it to its end, unpack into `dir`.
+///
+/// The whole stream is always consumed, so the compressed digest is known even when
+/// unpacking fails: the caller then tells "the registry sent bad bytes" from "the layer
+/// itself is bad".
+pub fn run_reader<R: Read>(
+    reader: R,
+    compression: Compression,
+    dir: &Path,
+    opts: &UnpackOptions,
+) -> LayerOutcome {
+    let source = Source {
+        inner: reader,
         hasher: Sha256::new(),
         size: 0,
-        stream_failed: None,
+        failed: None,
     };
     let (unpacked, diff_id, source) = match Decompressor::new(compression, source) {
         Ok(dec) => {
@@ -208,6 +254,6 @@ pub fn run(
         size: source.size,
         diff_id,
         unpacked,
-        stream_failed: source.stream_failed,
+        stream_failed: source.failed,
     }
 }

@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::error::{ImageError, Kind};
 use crate::hosts;
 use crate::pipeline::{self, Compression};
+use crate::progress::{LayerProgress, LayerState, PullProgress, PullSnapshot};
 use crate::reference::{self, Lookup};
 use crate::registry::{MAX_CONFIG_BYTES, Remote, Timeouts};
 use crate::snapshot::Snapshotter;
@@ -81,9 +82,25 @@ pub struct Images {
     /// Pulls hold it shared; GC and removal exclusively, so GC never takes a layer a pull
     /// has committed but not yet recorded.
     gc_lock: RwLock<()>,
+    /// Pulls in flight, for progress reporting.
+    pulls: Mutex<Vec<Arc<PullProgress>>>,
 }
 
-fn goarch() -> &'static str {
+/// Removes a pull's progress entry when the pull ends, however it ends.
+struct Registered<'a> {
+    images: &'a Images,
+    progress: Arc<PullProgress>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut pulls = self.images.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        pulls.retain(|p| !Arc::ptr_eq(p, &self.progress));
+    }
+}
+
+/// The node's architecture as OCI platforms name it.
+pub(crate) fn goarch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -118,6 +135,7 @@ impl Images {
             snapshots,
             layer_locks: Mutex::new(HashMap::new()),
             gc_lock: RwLock::new(()),
+            pulls: Mutex::new(Vec::new()),
         };
         let gc = images.gc_locked()?;
         tracing::info!(
@@ -300,7 +318,20 @@ impl Images {
         }
 
         // All layers at once; each one streams through its own pipeline.
-        let fetches = layers.iter().map(|l| self.layer(remote, l));
+        let progress =
+            PullProgress::new(&name, layers.iter().map(|l| (l.digest.to_string(), l.size)));
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(progress.clone());
+        let _registered = Registered {
+            images: self,
+            progress: progress.clone(),
+        };
+        let fetches = layers
+            .iter()
+            .zip(&progress.layers)
+            .map(|(l, p)| self.layer(remote, l, p));
         let results = futures_util::future::join_all(fetches).await;
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(e);
@@ -343,17 +374,50 @@ impl Images {
         l
     }
 
-    async fn layer(&self, remote: &Remote, layer: &LayerRecord) -> Result<(), ImageError> {
+    async fn layer(
+        &self,
+        remote: &Remote,
+        layer: &LayerRecord,
+        progress: &LayerProgress,
+    ) -> Result<(), ImageError> {
         let lock = self.layer_lock(&layer.chain_id);
         let _held = lock.lock().await;
         if self.snapshots.exists(&layer.chain_id) {
             tracing::debug!(layer = %layer.digest, "layer present");
+            progress.set(LayerState::Present);
             return Ok(());
         }
-        self.retry("layer", || self.layer_once(remote, layer)).await
+        let result = self
+            .retry("layer", || {
+                progress.reset();
+                progress.set(LayerState::Downloading);
+                self.layer_once(remote, layer, progress)
+            })
+            .await;
+        progress.set(if result.is_ok() {
+            LayerState::Done
+        } else {
+            LayerState::Failed
+        });
+        result
     }
 
-    async fn layer_once(&self, remote: &Remote, layer: &LayerRecord) -> Result<(), ImageError> {
+    /// The pulls in flight.
+    pub fn progress(&self) -> Vec<PullSnapshot> {
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| p.snapshot())
+            .collect()
+    }
+
+    async fn layer_once(
+        &self,
+        remote: &Remote,
+        layer: &LayerRecord,
+        progress: &LayerProgress,
+    ) -> Result<(), ImageError> {
         let compression =
             Compression::of_media_type(&layer.media_type).unwrap_or(Compression::None);
         let temp = self.snapshots.prepare(&layer.chain_id)?;
@@ -375,6 +439,7 @@ impl Images {
         while let Some(item) = futures_util::StreamExt::next(&mut stream).await {
             if let Ok(chunk) = &item {
                 received += chunk.len() as u64;
+                progress.add(chunk.len() as u64);
                 if received > layer.size {
                     let _ = tx
                         .send(Err(std::io::Error::other(format!(
@@ -442,6 +507,79 @@ impl Images {
             })??;
         tracing::debug!(layer = %layer.digest, entries = stats.entries, bytes = stats.bytes, "layer unpacked");
         Ok(())
+    }
+
+    /// Import the images of an OCI layout tar or a `docker save` tar at `path`.
+    /// `name` overrides (or supplies) the name of a single-image archive.
+    pub async fn import(
+        &self,
+        path: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
+        let _shared = self.gc_lock.read().await;
+        let p = path.to_path_buf();
+        let (found, handle) = tokio::task::spawn_blocking(move || crate::import::scan(&p))
+            .await
+            .map_err(|e| ImageError::Io {
+                op: "join import",
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        if name.is_some() && found.len() > 1 {
+            return Err(ImageError::InvalidReference {
+                reference: name.unwrap_or_default().into(),
+                reason: format!(
+                    "the archive holds {} images; a name fits only one",
+                    found.len()
+                ),
+            });
+        }
+        let handle = Arc::new(handle);
+        let mut out = Vec::new();
+        for f in &found {
+            let (tags, digests) = crate::import::record_names(f, name)?;
+            let mut layers = Vec::new();
+            for (layer, member) in &f.layers {
+                let lock = self.layer_lock(&layer.chain_id);
+                let _held = lock.lock().await;
+                let mut layer = layer.clone();
+                if !self.snapshots.exists(&layer.chain_id) {
+                    let (h, s, l, m) = (
+                        handle.clone(),
+                        self.snapshots.clone(),
+                        layer.clone(),
+                        member.clone(),
+                    );
+                    let opts = UnpackOptions {
+                        privileged: self.config.privileged,
+                        ..UnpackOptions::default()
+                    };
+                    let verify = f.verify_digests;
+                    let (digest, size) = tokio::task::spawn_blocking(move || {
+                        h.unpack_layer(&s, &l, &m, &opts, verify)
+                    })
+                    .await
+                    .map_err(|e| ImageError::Io {
+                        op: "join import",
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                    layer.digest = digest;
+                    layer.size = size;
+                }
+                layers.push(layer);
+            }
+            self.content.put(&f.manifest.1, &f.manifest.0)?;
+            self.content.put(&f.config.1, &f.config.0)?;
+            if let Some((bytes, d)) = &f.index {
+                self.content.put(d, bytes)?;
+            }
+            let rec = crate::import::record(f, tags, digests, layers);
+            let saved = store::save(&self.meta, &rec)?;
+            tracing::info!(archive = %path.display(), id = %saved.id, tags = ?saved.repo_tags, "imported");
+            out.push(saved);
+        }
+        Ok(out)
     }
 
     /// Every image.
