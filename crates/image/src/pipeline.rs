@@ -89,6 +89,28 @@ impl Read for ChannelRead {
     }
 }
 
+/// An error and its causes, `outer: inner: innermost` (a timeout and a truncation read
+/// the same at the top: "error decoding response body").
+fn error_chain(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    // An io::Error made from another error displays that error; skip the repeat.
+    if let Some(inner) = e.get_ref()
+        && inner.to_string() == text
+    {
+        source = inner.source();
+    }
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The compressed source: hashes and counts what it yields, remembers a failed read.
 struct Source<R> {
     inner: R,
@@ -107,7 +129,7 @@ impl<R: Read> Read for Source<R> {
             }
             Err(e) => {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    self.failed = Some(e.to_string());
+                    self.failed = Some(error_chain(&e));
                 }
                 Err(e)
             }

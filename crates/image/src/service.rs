@@ -84,6 +84,9 @@ pub struct Images {
     gc_lock: RwLock<()>,
     /// Pulls in flight, for progress reporting.
     pulls: Mutex<Vec<Arc<PullProgress>>>,
+    /// A failed pull left committed layers no image references; collect them when no
+    /// pull is in flight.
+    gc_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Removes a pull's progress entry when the pull ends, however it ends.
@@ -136,6 +139,7 @@ impl Images {
             layer_locks: Mutex::new(HashMap::new()),
             gc_lock: RwLock::new(()),
             pulls: Mutex::new(Vec::new()),
+            gc_pending: std::sync::atomic::AtomicBool::new(false),
         };
         let gc = images.gc_locked()?;
         tracing::info!(
@@ -164,11 +168,45 @@ impl Images {
     }
 
     /// Pull `image` with `auth`: always asks the registry, even when the image is present.
+    ///
+    /// A failed pull leaves nothing behind: layers it committed are collected as soon as
+    /// no other pull (which might be about to record them) is in flight.
     pub async fn pull(&self, image: &str, auth: RegistryAuth) -> Result<ImageRecord, ImageError> {
+        use std::sync::atomic::Ordering;
+        let result = {
+            let _shared = self.gc_lock.read().await;
+            self.pull_locked(image, auth).await
+        };
+        if result.is_err() {
+            self.gc_pending.store(true, Ordering::Release);
+        }
+        if self.gc_pending.load(Ordering::Acquire)
+            && let Ok(_exclusive) = self.gc_lock.try_write()
+        {
+            self.gc_pending.store(false, Ordering::Release);
+            match self.gc_locked() {
+                Ok(gc) if gc.snapshots + gc.blobs > 0 => {
+                    tracing::info!(
+                        gc_snapshots = gc.snapshots,
+                        gc_blobs = gc.blobs,
+                        "collected what a failed pull left"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "garbage collection after a failed pull"),
+            }
+        }
+        result
+    }
+
+    async fn pull_locked(
+        &self,
+        image: &str,
+        auth: RegistryAuth,
+    ) -> Result<ImageRecord, ImageError> {
         let r = reference::parse(image)?;
         let endpoints = hosts::endpoints(&self.config.hosts_dir, r.registry())?;
         let by_digest = r.digest().is_some();
-        let _shared = self.gc_lock.read().await;
         let mut last_err = None;
         for ep in endpoints.iter().filter(|e| {
             if by_digest {

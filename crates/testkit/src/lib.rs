@@ -15,6 +15,7 @@
 //! Diagnostics go to stderr: this crate only ever runs inside tests and
 //! benchmarks.
 
+pub mod fake_registry;
 pub mod image;
 pub mod netns;
 pub mod push;
