@@ -80,7 +80,11 @@ impl Cri {
         &mut self,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, RpcError> {
-        match self.rt.block_on(tokio::time::timeout(RPC_LIMIT, fut)) {
+        // The timer must be created inside the runtime, hence the async block.
+        match self
+            .rt
+            .block_on(async move { tokio::time::timeout(RPC_LIMIT, fut).await })
+        {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message().trim())),
             Err(_) => Err(format!("no answer within {RPC_LIMIT:?}")),

@@ -187,6 +187,17 @@ impl Harness {
         h.push(SANDBOX_REPO, "latest", &sandbox)
             .context("pushing the sandbox image")?;
 
+        h.notes.push(format!(
+            "both daemons run with `nsenter --net=/run/netns/{ns}` (host mount namespace), \
+             TMPDIR on the tmpfs, and the same hosts dir ({REGISTRY_HOST}/hosts.toml: server = \
+             \"http://{REGISTRY_HOST}\"); the harness talks CRI to them over their unix sockets",
+            ns = h.netns.inner.name()
+        ));
+        h.notes.push(
+            "the registry's storage is a temp dir on the root filesystem; blobs are served from the \
+             page cache after the push"
+                .into(),
+        );
         h.containerd.state = h.start_containerd(opts);
         h.skiff.state = h.start_skiffd(opts);
         Ok(h)
@@ -486,7 +497,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn containerd_config_parses_as_toml_shape() {
+    fn containerd_config_is_valid_toml() {
         let c = containerd_config(&ContainerdPaths {
             root: Path::new("/t/root"),
             state: Path::new("/t/state"),
@@ -495,7 +506,15 @@ mod tests {
             hosts: Path::new("/t/certs.d"),
             runc: "/usr/sbin/runc",
         });
-        assert!(c.starts_with("version = 2\n"));
+        let v: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(v["version"].as_integer(), Some(2));
+        assert_eq!(v["grpc"]["address"].as_str(), Some("/t/c.sock"));
+        let cri = &v["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(cri["registry"]["config_path"].as_str(), Some("/t/certs.d"));
+        assert_eq!(
+            cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(),
+            Some(false)
+        );
         assert!(c.contains("address = \"/t/c.sock\""));
         assert!(c.contains("config_path = \"/t/certs.d\""));
         assert!(c.contains("SystemdCgroup = false"));

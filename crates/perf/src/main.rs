@@ -178,6 +178,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             if let Err(reason) = &h.skiff.state {
                 eprintln!("skiff-perf: skiff unavailable: {reason}");
             }
+            let load0 = loadavg();
             let cpu0 = cpu_now(h);
             let outcome = match sc {
                 Scenario::Pull => pull::run(h, sizes)?,
@@ -185,6 +186,11 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             };
             report.daemons = daemon_lines(h, &cpu0);
             report.notes = h.notes.clone();
+            report.notes.push(format!(
+                "load average (1/5/15 min) at the scenario's start: {load0}; at its end: {}; \
+                 other work on the machine shows here",
+                loadavg()
+            ));
             if !outcome.plot.is_empty() {
                 let tmp = h.base().join(format!("{}.png", sc.name()));
                 match plot::strip_chart(&tmp, &outcome.plot_title, &outcome.plot) {
@@ -207,6 +213,12 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 fn cpu_now(h: &mut Harness) -> Vec<(Kind, Option<f64>)> {

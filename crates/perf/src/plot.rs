@@ -76,27 +76,26 @@ pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result
     ) else {
         return Err(anyhow!("no samples to plot"));
     };
-    let (lo, hi) = (lo / 1.5, hi * 1.5);
+    // plotters labels a log axis from the first power of ten inside the range: start at one.
+    let (lo, hi) = (10f64.powf((lo / 1.2).log10().floor()), hi * 1.3);
     let n = groups.len();
     let width = u32::try_from(300 + 170 * n).unwrap_or(1600).min(2400);
 
     let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
     let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-    let keys: Vec<f64> = (0..n).map(|i| i as f64).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            (-0.5..(n as f64 - 0.5)).with_key_points(keys),
-            (lo..hi).log_scale(),
-        )
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), (lo..hi).log_scale())
         .map_err(|e| anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
+        // Over a width of n, at most n + 1 labels means a step of 1: one per column.
+        .x_labels(n + 1)
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 {
@@ -106,6 +105,18 @@ pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result
                 names.get(i).cloned().unwrap_or_default()
             } else {
                 String::new()
+            }
+        })
+        // Ask for 1..9 × 10^k grid lines and label only 1, 2 and 5 × 10^k.
+        .y_labels(30)
+        .y_label_formatter(&|v| {
+            let mantissa = v / 10f64.powf(v.log10().floor());
+            if ![1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6) {
+                String::new()
+            } else if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
             }
         })
         .y_desc("latency (ms, log scale)")
