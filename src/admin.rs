@@ -31,7 +31,9 @@ impl AdminService {
 }
 
 fn to_status(e: skiff_image::ImageError) -> Status {
-    skiff_cri::error::to_status(&skiff_cri::CriError::from(crate::error::ServiceError::from(e)))
+    skiff_cri::error::to_status(&skiff_cri::CriError::from(
+        crate::error::ServiceError::from(e),
+    ))
 }
 
 fn to_api(s: PullSnapshot, finished: bool) -> api::PullProgressResponse {

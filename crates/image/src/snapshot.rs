@@ -201,7 +201,11 @@ mod tests {
         // A crash leftover is cleaned.
         std::fs::create_dir_all(dir.path().join("snapshots/tmp-x/fs")).unwrap();
         assert_eq!(s.clean_temps().unwrap(), 1);
-        let m = s.mounts(std::slice::from_ref(&chain), Path::new("/u"), Path::new("/w"));
+        let m = s.mounts(
+            std::slice::from_ref(&chain),
+            Path::new("/u"),
+            Path::new("/w"),
+        );
         assert_eq!(m.lower, vec![s.fs_path(&chain)]);
         s.remove(&chain).unwrap();
         s.remove(&chain).unwrap();
