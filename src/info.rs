@@ -34,7 +34,7 @@ impl Info {
             config,
             meta,
             shim,
-            io_engine: skiff_uring_io::probe(),
+            io_engine: skiff_uring_io::select(),
         }
     }
 

@@ -24,11 +24,18 @@
 //! hard link's source is resolved the same way (parent via `openat2`, then
 //! `linkat` on one component without following it), so it can only name a
 //! file of this layer.
+//!
+//! # IO engines
+//!
+//! With io_uring ([`IoEngine`], `unpack/uring.rs`) the contents of big
+//! files are written from buffers the ring owns while the next chunk is
+//! read, and closes are queued; both engines produce the same tree.
 
 mod fs;
 mod guard;
 mod meta;
 mod path;
+mod uring;
 
 use std::cmp::Reverse;
 use std::ffi::{CStr, CString};
@@ -44,6 +51,22 @@ use tar::EntryType;
 use self::fs::{BlockingFs, FsOps, Target};
 use self::guard::ExtensionGuard;
 use self::meta::EntryMeta;
+use self::uring::UringFs;
+
+/// Which IO engine [`unpack`] writes files with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// io_uring when [`skiff_uring_io::select`] allows it (the kernel
+    /// supports it and `SKIFF_IO_ENGINE` is not `blocking`), otherwise
+    /// blocking syscalls.
+    #[default]
+    Auto,
+    /// io_uring; [`unpack`] fails with [`UnpackError::Engine`] if a ring
+    /// cannot be set up.
+    Uring,
+    /// One blocking syscall per operation.
+    Blocking,
+}
 
 /// How to unpack a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,15 +84,19 @@ pub struct UnpackOptions {
     /// `K`) extension header accepted, in bytes. Checked against the size
     /// the header declares, before anything is read into memory.
     pub max_pax_bytes: usize,
+    /// The IO engine.
+    pub engine: IoEngine,
 }
 
 impl Default for UnpackOptions {
-    /// Privileged when running as root; 4096-byte paths; 1 MiB extensions.
+    /// Privileged when running as root; 4096-byte paths; 1 MiB extensions;
+    /// [`IoEngine::Auto`].
     fn default() -> Self {
         UnpackOptions {
             privileged: rustix::process::geteuid().is_root(),
             max_path_len: 4096,
             max_pax_bytes: 1 << 20,
+            engine: IoEngine::Auto,
         }
     }
 }
@@ -204,6 +231,13 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// [`IoEngine::Uring`] was asked for and no io_uring could be set up.
+    #[error("setting up the io_uring engine: {source}")]
+    Engine {
+        /// Why the ring could not be created.
+        #[source]
+        source: skiff_uring_io::RingError,
+    },
     /// A filesystem operation failed.
     #[error("tar entry {path}: {op}: {source}")]
     Fs {
@@ -237,7 +271,24 @@ pub fn unpack(
         path: root.display().to_string(),
         source: e.into(),
     })?;
-    unpack_with(BlockingFs, tar, root_fd, opts)
+    let ring = match opts.engine {
+        IoEngine::Blocking => None,
+        IoEngine::Uring => Some(UringFs::new().map_err(|source| UnpackError::Engine { source })?),
+        IoEngine::Auto => match skiff_uring_io::select() {
+            skiff_uring_io::Engine::Uring => match UringFs::new() {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up an io_uring, unpacking with blocking syscalls");
+                    None
+                }
+            },
+            skiff_uring_io::Engine::Blocking(_) => None,
+        },
+    };
+    match ring {
+        Some(ring) => unpack_with(ring, tar, root_fd, opts),
+        None => unpack_with(BlockingFs, tar, root_fd, opts),
+    }
 }
 
 /// [`unpack`] on any [`FsOps`] implementation.
@@ -452,23 +503,36 @@ impl<F: FsOps> Unpacker<'_, F> {
         })?;
         let mut offset = 0u64;
         loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(UnpackError::Read {
-                        path: format!("entry {shown}"),
-                        source,
-                    });
-                }
-            };
-            self.ops
-                .write_at(file.as_fd(), &self.buf[..n], offset)
+            let n = fill(entry, &mut self.buf).map_err(|source| UnpackError::Read {
+                path: format!("entry {shown}"),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            // The buffer goes to the engine (which may write it later) and
+            // another comes back for the next chunk.
+            let chunk = std::mem::take(&mut self.buf);
+            let mut next = self
+                .ops
+                .write_at(&file, chunk, n, offset)
                 .map_err(|e| fs_err(shown, "writing file", e))?;
+            if next.len() < COPY_BUF {
+                next.resize(COPY_BUF, 0);
+            }
+            self.buf = next;
             offset += n as u64;
+            if n < COPY_BUF {
+                break;
+            }
         }
+        self.ops
+            .finish_writes(&file)
+            .map_err(|e| fs_err(shown, "writing file", e))?;
         self.apply_meta(Target::Fd(file.as_fd()), &meta, shown, Apply::All)?;
+        self.ops
+            .close(file)
+            .map_err(|e| fs_err(shown, "closing file", e))?;
         self.stats.files += 1;
         self.stats.bytes += offset;
         Ok(offset)
@@ -1010,6 +1074,10 @@ impl<F: FsOps> Unpacker<'_, F> {
                 .set_times(Target::Fd(dir.as_fd()), &d.times)
                 .map_err(|e| fs_err(&shown, "setting times", e))?;
         }
+        // Queued closes; their files' contents and metadata are done.
+        self.ops
+            .flush()
+            .map_err(|e| fs_err("(queued closes)", "closing files", e))?;
         Ok(self.stats)
     }
 }
@@ -1025,6 +1093,20 @@ enum Apply {
     OwnerAndXattrs,
     /// Whiteouts.
     Owner,
+}
+
+/// Reads until `buf` is full or `r` ends; returns the bytes read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Reads `entry` to its end; returns the bytes read.

@@ -12,11 +12,64 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use skiff_image::unpack::{UnpackError, UnpackOptions, UnpackStats, unpack};
+use skiff_image::unpack::{IoEngine, UnpackError, UnpackOptions, UnpackStats, unpack};
 use skiff_testkit::image::{
     BUSYBOX_APPLETS, BUSYBOX_PATH, FIXED_MTIME, LayerBuilder, busybox_rootfs,
 };
 use tar::EntryType;
+
+/// Runs each listed test once per IO engine, as `uring::<name>` and
+/// `blocking::<name>`: both engines must give the same results.
+macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name(super::IoEngine::Uring)
+            })*
+        }
+        mod blocking {
+            $(#[test]
+            fn $name() {
+                super::$name(super::IoEngine::Blocking)
+            })*
+        }
+    };
+}
+
+engine_tests!(
+    busybox_rootfs_unpacks_with_metadata,
+    directory_modes_and_times_are_applied_after_children,
+    missing_parents_are_created_0755,
+    non_utf8_names_and_fifos,
+    dotdot_names_are_clamped_at_the_root,
+    absolute_symlink_parent_stays_inside,
+    relative_symlink_parent_stays_inside,
+    symlink_chain_stays_inside,
+    symlink_directory_then_directory_entries_beneath_it,
+    file_replaces_a_symlink_instead_of_writing_through_it,
+    directory_replaces_a_symlink_then_is_written_through,
+    hardlink_outside_the_root_is_not_reachable,
+    hardlink_through_a_symlinked_directory_stays_inside,
+    hardlink_to_an_escaping_symlink_links_the_symlink_itself,
+    fifo_and_dir_entries_with_escaping_names_stay_inside,
+    replacement_semantics,
+    pax_xattrs_times_and_long_paths,
+    privileged_xattrs_are_dropped_when_unprivileged,
+    gnu_sparse_files_are_expanded,
+    pax_sparse_files_are_refused,
+    name_longer_than_the_limit_is_refused,
+    huge_extension_headers_are_refused_before_reading,
+    real_long_name_over_the_extension_limit_is_refused,
+    truncated_archives_name_the_entry,
+    bad_checksum_is_an_error,
+    hardlink_to_missing_or_directory_target,
+    devices_are_skipped_when_unprivileged,
+    unknown_entry_types_and_aufs_metadata_are_skipped,
+    whiteouts_need_privileges,
+    root_entry_that_is_not_a_directory_is_skipped,
+    missing_root_is_an_error,
+);
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -26,10 +79,17 @@ fn tar_of(b: &LayerBuilder) -> Vec<u8> {
     b.write_tar(Vec::new()).expect("building test layer")
 }
 
-fn unprivileged() -> UnpackOptions {
+fn opts(engine: IoEngine) -> UnpackOptions {
+    UnpackOptions {
+        engine,
+        ..UnpackOptions::default()
+    }
+}
+
+fn unprivileged(engine: IoEngine) -> UnpackOptions {
     UnpackOptions {
         privileged: false,
-        ..UnpackOptions::default()
+        ..opts(engine)
     }
 }
 
@@ -63,11 +123,10 @@ fn mode_of(path: &Path) -> u32 {
 // ---------------------------------------------------------------------------
 // 1. A real rootfs.
 
-#[test]
-fn busybox_rootfs_unpacks_with_metadata() {
+fn busybox_rootfs_unpacks_with_metadata(engine: IoEngine) {
     let tar = tar_of(&busybox_rootfs().unwrap());
     let layer = Layer::new();
-    let stats = layer.unpack(&tar, &UnpackOptions::default()).unwrap();
+    let stats = layer.unpack(&tar, &opts(engine)).unwrap();
 
     assert_eq!(
         fs::read_link(layer.path("bin/sh")).unwrap(),
@@ -126,8 +185,7 @@ fn busybox_rootfs_unpacks_with_metadata() {
     );
 }
 
-#[test]
-fn directory_modes_and_times_are_applied_after_children() {
+fn directory_modes_and_times_are_applied_after_children(engine: IoEngine) {
     let mut root = tar::Header::new_gnu();
     root.as_old_mut().name[..2].copy_from_slice(b"./");
     root.set_entry_type(EntryType::Directory);
@@ -146,7 +204,7 @@ fn directory_modes_and_times_are_applied_after_children() {
     let layer = Layer::new();
     // Unprivileged, a read-only directory applied early would stop its
     // children from being created.
-    layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     assert_eq!(mode_of(&layer.root), 0o711);
     assert_eq!(mode_of(&layer.path("ro")), 0o555);
     assert_eq!(mode_of(&layer.path("ro/sub")), 0o500);
@@ -164,12 +222,11 @@ fn directory_modes_and_times_are_applied_after_children() {
     }
 }
 
-#[test]
-fn missing_parents_are_created_0755() {
+fn missing_parents_are_created_0755(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.file("a/b/c/file", 0o600, "deep");
     let layer = Layer::new();
-    layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     assert_eq!(fs::read(layer.path("a/b/c/file")).unwrap(), b"deep");
     assert_eq!(mode_of(&layer.path("a/b/c/file")), 0o600);
     for rel in ["a", "a/b", "a/b/c"] {
@@ -177,13 +234,12 @@ fn missing_parents_are_created_0755() {
     }
 }
 
-#[test]
-fn non_utf8_names_and_fifos() {
+fn non_utf8_names_and_fifos(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"caf\xe9"[..], EntryType::Regular, None, "latin-1")
         .raw_entry(&b"pipe"[..], EntryType::Fifo, None, "");
     let layer = Layer::new();
-    let stats = layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     let name = layer.root.join(OsStr::from_bytes(b"caf\xe9"));
     assert_eq!(fs::read(name).unwrap(), b"latin-1");
     assert!(
@@ -202,17 +258,22 @@ fn non_utf8_names_and_fifos() {
 struct Sandbox {
     parent: tempfile::TempDir,
     root: PathBuf,
+    engine: IoEngine,
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
+    fn new(engine: IoEngine) -> Sandbox {
         let parent = tempfile::tempdir().unwrap();
         let root = parent.path().join("root");
         fs::create_dir(&root).unwrap();
         fs::create_dir(parent.path().join("sentinel")).unwrap();
         fs::write(parent.path().join("sentinel/file"), "keep").unwrap();
         fs::write(parent.path().join("outside"), "outside").unwrap();
-        Sandbox { parent, root }
+        Sandbox {
+            parent,
+            root,
+            engine,
+        }
     }
 
     /// Everything under the parent except the root: type, mode, owner,
@@ -227,7 +288,7 @@ impl Sandbox {
     /// `marker` file appeared at the places an escape would reach.
     fn unpack_checked(&self, b: &LayerBuilder, marker: &str) -> Result<UnpackStats, UnpackError> {
         let before = self.outside();
-        let result = unpack(&tar_of(b)[..], &self.root, &UnpackOptions::default());
+        let result = unpack(&tar_of(b)[..], &self.root, &opts(self.engine));
         assert_eq!(self.outside(), before, "something outside the root changed");
         let tmp = self.parent.path().parent().unwrap();
         for escaped in [
@@ -272,8 +333,7 @@ fn raw_file<'b>(b: &'b mut LayerBuilder, name: &str) -> &'b mut LayerBuilder {
     b.raw_entry(name.as_bytes(), EntryType::Regular, None, "pwned")
 }
 
-#[test]
-fn dotdot_names_are_clamped_at_the_root() {
+fn dotdot_names_are_clamped_at_the_root(engine: IoEngine) {
     for (name, lands) in [
         ("../skiff-esc-1", "skiff-esc-1"),
         ("../../skiff-esc-2", "skiff-esc-2"),
@@ -281,7 +341,7 @@ fn dotdot_names_are_clamped_at_the_root() {
         ("a/../../skiff-esc-4", "skiff-esc-4"),
         ("./../x/../../skiff-esc-5", "skiff-esc-5"),
     ] {
-        let sb = Sandbox::new();
+        let sb = Sandbox::new(engine);
         let mut b = LayerBuilder::new();
         raw_file(&mut b, name);
         let marker = lands.rsplit('/').next().unwrap();
@@ -290,9 +350,8 @@ fn dotdot_names_are_clamped_at_the_root() {
     }
 }
 
-#[test]
-fn absolute_symlink_parent_stays_inside() {
-    let sb = Sandbox::new();
+fn absolute_symlink_parent_stays_inside(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("evil", "/");
     raw_file(&mut b, "evil/etc/skiff-esc-6");
@@ -300,9 +359,8 @@ fn absolute_symlink_parent_stays_inside() {
     assert_eq!(fs::read(sb.root.join("etc/skiff-esc-6")).unwrap(), b"pwned");
 }
 
-#[test]
-fn relative_symlink_parent_stays_inside() {
-    let sb = Sandbox::new();
+fn relative_symlink_parent_stays_inside(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("evil", "../../..");
     raw_file(&mut b, "evil/skiff-esc-7");
@@ -312,9 +370,8 @@ fn relative_symlink_parent_stays_inside() {
     assert_eq!(fs::read(sb.root.join("sentinel/file")).unwrap(), b"pwned");
 }
 
-#[test]
-fn symlink_chain_stays_inside() {
-    let sb = Sandbox::new();
+fn symlink_chain_stays_inside(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("a", "b").symlink("b", "../c").symlink("c", "/..");
     raw_file(&mut b, "a/skiff-esc-8");
@@ -325,9 +382,8 @@ fn symlink_chain_stays_inside() {
     assert_eq!(fs::read(sb.root.join("sentinel/file")).unwrap(), b"pwned");
 }
 
-#[test]
-fn symlink_directory_then_directory_entries_beneath_it() {
-    let sb = Sandbox::new();
+fn symlink_directory_then_directory_entries_beneath_it(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.dir("real", 0o755)
         .symlink("up", "../../real")
@@ -341,7 +397,7 @@ fn symlink_directory_then_directory_entries_beneath_it() {
 
     // A symlink to a directory that does not exist (in the layer) is not
     // followed to create it, wherever it points.
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("t", "/tmp").dir("t/skiff-esc-9", 0o777);
     let err = sb.unpack_checked(&b, "skiff-esc-9").unwrap_err();
@@ -351,7 +407,7 @@ fn symlink_directory_then_directory_entries_beneath_it() {
     );
 
     // Inside the root, `/tmp` is this very symlink: a loop.
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("tmp", "/tmp").dir("tmp/skiff-esc-9", 0o777);
     let err = sb.unpack_checked(&b, "skiff-esc-9").unwrap_err();
@@ -361,9 +417,8 @@ fn symlink_directory_then_directory_entries_beneath_it() {
     );
 }
 
-#[test]
-fn file_replaces_a_symlink_instead_of_writing_through_it() {
-    let sb = Sandbox::new();
+fn file_replaces_a_symlink_instead_of_writing_through_it(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("f", "../outside")
         .symlink("g", "/proc/self/root/etc/passwd");
@@ -377,9 +432,8 @@ fn file_replaces_a_symlink_instead_of_writing_through_it() {
     }
 }
 
-#[test]
-fn directory_replaces_a_symlink_then_is_written_through() {
-    let sb = Sandbox::new();
+fn directory_replaces_a_symlink_then_is_written_through(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("d", "../..").dir("d", 0o755);
     raw_file(&mut b, "d/skiff-esc-10");
@@ -389,10 +443,9 @@ fn directory_replaces_a_symlink_then_is_written_through() {
     assert_eq!(fs::read(sb.root.join("d/skiff-esc-10")).unwrap(), b"pwned");
 }
 
-#[test]
-fn hardlink_outside_the_root_is_not_reachable() {
+fn hardlink_outside_the_root_is_not_reachable(engine: IoEngine) {
     // Nothing named `outside` in the layer: clamped, the target is missing.
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"../../outside"), "");
     let err = sb.unpack_checked(&b, "none").unwrap_err();
@@ -402,7 +455,7 @@ fn hardlink_outside_the_root_is_not_reachable() {
     );
 
     // With one in the layer, the clamped target is the layer's own file.
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.file("outside", 0o644, "layer");
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"../../outside"), "");
@@ -417,9 +470,8 @@ fn hardlink_outside_the_root_is_not_reachable() {
     );
 }
 
-#[test]
-fn hardlink_through_a_symlinked_directory_stays_inside() {
-    let sb = Sandbox::new();
+fn hardlink_through_a_symlinked_directory_stays_inside(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("d", "../..");
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"d/sentinel/file"), "");
@@ -429,7 +481,7 @@ fn hardlink_through_a_symlinked_directory_stays_inside() {
         "{err}"
     );
 
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.file("sentinel/file", 0o644, "layer").symlink("d", "/");
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"d/sentinel/file"), "");
@@ -443,9 +495,8 @@ fn hardlink_through_a_symlinked_directory_stays_inside() {
     );
 }
 
-#[test]
-fn hardlink_to_an_escaping_symlink_links_the_symlink_itself() {
-    let sb = Sandbox::new();
+fn hardlink_to_an_escaping_symlink_links_the_symlink_itself(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.symlink("s", "../../outside");
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"s"), "");
@@ -461,9 +512,8 @@ fn hardlink_to_an_escaping_symlink_links_the_symlink_itself() {
     );
 }
 
-#[test]
-fn fifo_and_dir_entries_with_escaping_names_stay_inside() {
-    let sb = Sandbox::new();
+fn fifo_and_dir_entries_with_escaping_names_stay_inside(engine: IoEngine) {
+    let sb = Sandbox::new(engine);
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"../skiff-esc-11"[..], EntryType::Fifo, None, "")
         .raw_entry(&b"../../skiff-esc-12/"[..], EntryType::Directory, None, "")
@@ -489,8 +539,7 @@ fn fifo_and_dir_entries_with_escaping_names_stay_inside() {
 // ---------------------------------------------------------------------------
 // 4. Later entries replace earlier ones.
 
-#[test]
-fn replacement_semantics() {
+fn replacement_semantics(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     // file, then a directory at the same path
     b.file("x", 0o644, "file")
@@ -511,7 +560,7 @@ fn replacement_semantics() {
     // directory over directory merges
     b.dir("m", 0o700).file("m/keep", 0o644, "k").dir("m", 0o755);
     let layer = Layer::new();
-    let stats = layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
 
     assert!(layer.path("x").is_dir());
     assert_eq!(mode_of(&layer.path("x")), 0o750);
@@ -542,8 +591,7 @@ fn pax_file(b: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])], path: &str
     b.append_data(&mut h, path, data).unwrap();
 }
 
-#[test]
-fn pax_xattrs_times_and_long_paths() {
+fn pax_xattrs_times_and_long_paths(engine: IoEngine) {
     let long_dir = "d".repeat(200);
     let long_path = format!("{long_dir}/{}", "f".repeat(200));
     let mut b = tar::Builder::new(Vec::new());
@@ -566,7 +614,7 @@ fn pax_xattrs_times_and_long_paths() {
     let tar = b.into_inner().unwrap();
 
     let layer = Layer::new();
-    layer.unpack(&tar, &unprivileged()).unwrap();
+    layer.unpack(&tar, &unprivileged(engine)).unwrap();
     let file = layer.path("withxattr");
     let mut value = [0u8; 16];
     let n = rustix::fs::getxattr(&file, "user.foo", &mut value[..]).unwrap();
@@ -580,8 +628,7 @@ fn pax_xattrs_times_and_long_paths() {
     assert_eq!(fs::read(layer.path(&long_path)).unwrap(), b"long");
 }
 
-#[test]
-fn privileged_xattrs_are_dropped_when_unprivileged() {
+fn privileged_xattrs_are_dropped_when_unprivileged(engine: IoEngine) {
     let mut b = tar::Builder::new(Vec::new());
     pax_file(
         &mut b,
@@ -597,14 +644,13 @@ fn privileged_xattrs_are_dropped_when_unprivileged() {
     );
     let layer = Layer::new();
     layer
-        .unpack(&b.into_inner().unwrap(), &unprivileged())
+        .unpack(&b.into_inner().unwrap(), &unprivileged(engine))
         .unwrap();
     let mut value = [0u8; 32];
     assert!(rustix::fs::getxattr(layer.path("f"), "trusted.foo", &mut value[..]).is_err());
 }
 
-#[test]
-fn gnu_sparse_files_are_expanded() {
+fn gnu_sparse_files_are_expanded(engine: IoEngine) {
     let src = tempfile::tempdir().unwrap();
     let sparse = src.path().join("sparse");
     let file = fs::File::create(&sparse).unwrap();
@@ -621,7 +667,7 @@ fn gnu_sparse_files_are_expanded() {
     assert_eq!(first.header().entry_type(), EntryType::GNUSparse);
 
     let layer = Layer::new();
-    let stats = layer.unpack(&tar, &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar, &unprivileged(engine)).unwrap();
     assert_eq!(
         fs::read(layer.path("sparse")).unwrap(),
         fs::read(&sparse).unwrap()
@@ -629,8 +675,7 @@ fn gnu_sparse_files_are_expanded() {
     assert_eq!(stats.bytes, 3 << 20);
 }
 
-#[test]
-fn pax_sparse_files_are_refused() {
+fn pax_sparse_files_are_refused(engine: IoEngine) {
     let mut b = tar::Builder::new(Vec::new());
     pax_file(
         &mut b,
@@ -645,7 +690,7 @@ fn pax_sparse_files_are_refused() {
     );
     let layer = Layer::new();
     let err = layer
-        .unpack(&b.into_inner().unwrap(), &unprivileged())
+        .unpack(&b.into_inner().unwrap(), &unprivileged(engine))
         .unwrap_err();
     assert!(
         matches!(&err, UnpackError::Invalid { reason, .. } if reason.contains("sparse")),
@@ -656,12 +701,13 @@ fn pax_sparse_files_are_refused() {
 // ---------------------------------------------------------------------------
 // 6. Hostile and malformed archives.
 
-#[test]
-fn name_longer_than_the_limit_is_refused() {
+fn name_longer_than_the_limit_is_refused(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.raw_entry(vec![b'a'; 5000], EntryType::Regular, None, "x");
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -681,7 +727,9 @@ fn name_longer_than_the_limit_is_refused() {
         Some(&vec![b'a'; 5000]),
         "",
     );
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(err, UnpackError::PathTooLong { len: 5000, .. }),
         "{err}"
@@ -698,8 +746,7 @@ fn extension_header(kind: EntryType, size: u64) -> tar::Header {
     h
 }
 
-#[test]
-fn huge_extension_headers_are_refused_before_reading() {
+fn huge_extension_headers_are_refused_before_reading(engine: IoEngine) {
     for kind in [
         EntryType::XHeader,
         EntryType::GNULongName,
@@ -714,7 +761,9 @@ fn huge_extension_headers_are_refused_before_reading() {
         );
         b.file("second", 0o644, "2");
         let layer = Layer::new();
-        let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+        let err = layer
+            .unpack(&tar_of(&b), &unprivileged(engine))
+            .unwrap_err();
         let want = char::from(kind.as_byte());
         assert!(
             matches!(&err, UnpackError::ExtensionTooLarge { kind, size, limit, path }
@@ -724,14 +773,13 @@ fn huge_extension_headers_are_refused_before_reading() {
     }
 }
 
-#[test]
-fn real_long_name_over_the_extension_limit_is_refused() {
+fn real_long_name_over_the_extension_limit_is_refused(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.raw_entry(vec![b'n'; 3000], EntryType::Regular, None, "x");
     let layer = Layer::new();
     let opts = UnpackOptions {
         max_pax_bytes: 1024,
-        ..unprivileged()
+        ..unprivileged(engine)
     };
     let err = layer.unpack(&tar_of(&b), &opts).unwrap_err();
     assert!(
@@ -747,8 +795,7 @@ fn real_long_name_over_the_extension_limit_is_refused() {
     );
 }
 
-#[test]
-fn truncated_archives_name_the_entry() {
+fn truncated_archives_name_the_entry(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.file("small", 0o644, "s")
         .pseudo_random_file("big", 0o644, 7, 10_000)
@@ -758,7 +805,9 @@ fn truncated_archives_name_the_entry() {
     // Inside big's data.
     let cut = 512 * 2 + 512 + 3000;
     let layer = Layer::new();
-    let err = layer.unpack(&tar[..cut], &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar[..cut], &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(&err, UnpackError::Truncated { path, size: 10_000, read: 3000 } if path == "big"),
         "{err}"
@@ -767,7 +816,9 @@ fn truncated_archives_name_the_entry() {
     // Inside the next header.
     let cut = 512 * 2 + 512 + 10_240 + 100;
     let layer = Layer::new();
-    let err = layer.unpack(&tar[..cut], &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar[..cut], &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(&err, UnpackError::Read { path, .. } if path == "after entry big"),
         "{err}"
@@ -776,12 +827,13 @@ fn truncated_archives_name_the_entry() {
     // Inside the padding after big's data.
     let cut = 512 * 2 + 512 + 10_000 + 10;
     let layer = Layer::new();
-    let err = layer.unpack(&tar[..cut], &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar[..cut], &unprivileged(engine))
+        .unwrap_err();
     assert!(matches!(&err, UnpackError::Read { .. }), "{err}");
 }
 
-#[test]
-fn bad_checksum_is_an_error() {
+fn bad_checksum_is_an_error(engine: IoEngine) {
     let mut h = tar::Header::new_gnu();
     h.set_path("f").unwrap();
     h.set_size(0);
@@ -790,16 +842,19 @@ fn bad_checksum_is_an_error() {
     let mut b = LayerBuilder::new();
     b.raw_header(h, Vec::new());
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(matches!(err, UnpackError::Read { .. }), "{err}");
 }
 
-#[test]
-fn hardlink_to_missing_or_directory_target() {
+fn hardlink_to_missing_or_directory_target(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.hardlink("h", "nope");
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(&err, UnpackError::HardlinkTargetMissing { path, target } if path == "h" && target == "nope"),
         "{err}"
@@ -808,7 +863,9 @@ fn hardlink_to_missing_or_directory_target() {
     let mut b = LayerBuilder::new();
     b.dir("d", 0o755).hardlink("h", "d");
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(err, UnpackError::HardlinkToDirectory { .. }),
         "{err}"
@@ -817,7 +874,9 @@ fn hardlink_to_missing_or_directory_target() {
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"h"[..], EntryType::Link, Some(b"./"), "");
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(err, UnpackError::HardlinkToDirectory { .. }),
         "{err}"
@@ -837,15 +896,14 @@ fn device_header(path: &str, kind: EntryType, major: u32, minor: u32) -> tar::He
     h
 }
 
-#[test]
-fn devices_are_skipped_when_unprivileged() {
+fn devices_are_skipped_when_unprivileged(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.dir("dev", 0o755)
         .raw_header(device_header("dev/null", EntryType::Char, 1, 3), Vec::new())
         .raw_header(device_header("dev/sda", EntryType::Block, 8, 0), Vec::new())
         .file("after", 0o644, "ok");
     let layer = Layer::new();
-    let stats = layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     assert_eq!(stats.skipped_devices, 2);
     assert_eq!(stats.devices, 0);
     assert!(!layer.path("dev/null").exists());
@@ -853,8 +911,7 @@ fn devices_are_skipped_when_unprivileged() {
     assert_eq!(fs::read(layer.path("after")).unwrap(), b"ok");
 }
 
-#[test]
-fn unknown_entry_types_and_aufs_metadata_are_skipped() {
+fn unknown_entry_types_and_aufs_metadata_are_skipped(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"label"[..], EntryType::new(b'V'), None, "volume")
         .raw_entry(&b"odd"[..], EntryType::new(b'Z'), None, "")
@@ -863,7 +920,7 @@ fn unknown_entry_types_and_aufs_metadata_are_skipped() {
         .file(".wh..wh.aufs", 0o644, "")
         .file("a", 0o644, "a");
     let layer = Layer::new();
-    let stats = layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     assert_eq!(stats.skipped, 5, "{stats:?}");
     assert_eq!(stats.entries, 6);
     let names: Vec<_> = fs::read_dir(&layer.root)
@@ -873,31 +930,35 @@ fn unknown_entry_types_and_aufs_metadata_are_skipped() {
     assert_eq!(names, ["a"]);
 }
 
-#[test]
-fn whiteouts_need_privileges() {
+fn whiteouts_need_privileges(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.whiteout("etc/passwd");
     let layer = Layer::new();
-    let err = layer.unpack(&tar_of(&b), &unprivileged()).unwrap_err();
+    let err = layer
+        .unpack(&tar_of(&b), &unprivileged(engine))
+        .unwrap_err();
     assert!(
         matches!(&err, UnpackError::Unprivileged { path, .. } if path == "etc/.wh.passwd"),
         "{err}"
     );
 }
 
-#[test]
-fn root_entry_that_is_not_a_directory_is_skipped() {
+fn root_entry_that_is_not_a_directory_is_skipped(engine: IoEngine) {
     let mut b = LayerBuilder::new();
     b.raw_entry(&b"./"[..], EntryType::Regular, None, "")
         .raw_entry(&b"/"[..], EntryType::Symlink, Some(b"/etc"), "");
     let layer = Layer::new();
-    let stats = layer.unpack(&tar_of(&b), &unprivileged()).unwrap();
+    let stats = layer.unpack(&tar_of(&b), &unprivileged(engine)).unwrap();
     assert_eq!(stats.skipped, 2);
     assert!(fs::symlink_metadata(&layer.root).unwrap().is_dir());
 }
 
-#[test]
-fn missing_root_is_an_error() {
-    let err = unpack(&b""[..], Path::new("/nonexistent/skiff"), &unprivileged()).unwrap_err();
+fn missing_root_is_an_error(engine: IoEngine) {
+    let err = unpack(
+        &b""[..],
+        Path::new("/nonexistent/skiff"),
+        &unprivileged(engine),
+    )
+    .unwrap_err();
     assert!(matches!(err, UnpackError::Root { .. }), "{err}");
 }

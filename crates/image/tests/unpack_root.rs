@@ -6,9 +6,37 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use skiff_image::unpack::{UnpackError, UnpackOptions, UnpackStats, unpack};
+use skiff_image::unpack::{IoEngine, UnpackError, UnpackOptions, UnpackStats, unpack};
 use skiff_testkit::image::{FIXED_MTIME, LayerBuilder};
 use tar::EntryType;
+
+/// Runs each listed test once per IO engine, as `uring::<name>` and
+/// `blocking::<name>`: both engines must give the same results.
+macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name(super::IoEngine::Uring)
+            })*
+        }
+        mod blocking {
+            $(#[test]
+            fn $name() {
+                super::$name(super::IoEngine::Blocking)
+            })*
+        }
+    };
+}
+
+engine_tests!(
+    whiteouts_and_opaque_directories,
+    whiteout_replaces_an_earlier_entry_and_stays_inside,
+    device_nodes_when_privileged,
+    setuid_survives_chown,
+    symlink_owner_is_set_without_following,
+    capability_and_trusted_xattrs_are_kept_overlay_ones_dropped,
+);
 
 fn need_root(test: &str) -> bool {
     let root = rustix::process::geteuid().is_root();
@@ -18,9 +46,10 @@ fn need_root(test: &str) -> bool {
     root
 }
 
-fn privileged() -> UnpackOptions {
+fn privileged(engine: IoEngine) -> UnpackOptions {
     UnpackOptions {
         privileged: true,
+        engine,
         ..UnpackOptions::default()
     }
 }
@@ -28,26 +57,27 @@ fn privileged() -> UnpackOptions {
 struct Layer {
     dir: tempfile::TempDir,
     root: PathBuf,
+    engine: IoEngine,
 }
 
 impl Layer {
-    fn new() -> Layer {
+    fn new(engine: IoEngine) -> Layer {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
-        Layer { dir, root }
+        Layer { dir, root, engine }
     }
 
     fn unpack(&self, b: &LayerBuilder) -> Result<UnpackStats, UnpackError> {
         unpack(
             &b.write_tar(Vec::new()).unwrap()[..],
             &self.root,
-            &privileged(),
+            &privileged(self.engine),
         )
     }
 
     fn unpack_tar(&self, tar: &[u8]) -> Result<UnpackStats, UnpackError> {
-        unpack(tar, &self.root, &privileged())
+        unpack(tar, &self.root, &privileged(self.engine))
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -71,8 +101,7 @@ fn assert_whiteout(path: &Path) {
 // ---------------------------------------------------------------------------
 // 3. Whiteouts and opaque directories.
 
-#[test]
-fn whiteouts_and_opaque_directories() {
+fn whiteouts_and_opaque_directories(engine: IoEngine) {
     if !need_root("whiteouts_and_opaque_directories") {
         return;
     }
@@ -87,7 +116,7 @@ fn whiteouts_and_opaque_directories() {
         .opaque("opt/app")
         // AUFS metadata: skipped.
         .file("etc/.wh..wh.plnk", 0o644, "");
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     let stats = layer.unpack(&b).unwrap();
 
     assert_whiteout(&layer.path("etc/passwd"));
@@ -121,8 +150,7 @@ fn whiteouts_and_opaque_directories() {
     );
 }
 
-#[test]
-fn whiteout_replaces_an_earlier_entry_and_stays_inside() {
+fn whiteout_replaces_an_earlier_entry_and_stays_inside(engine: IoEngine) {
     if !need_root("whiteout_replaces_an_earlier_entry_and_stays_inside") {
         return;
     }
@@ -135,7 +163,7 @@ fn whiteout_replaces_an_earlier_entry_and_stays_inside() {
         None,
         "",
     );
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     let before: Vec<_> = fs::read_dir(layer.dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -169,8 +197,7 @@ fn device_header(path: &str, kind: EntryType, major: u32, minor: u32) -> tar::He
     h
 }
 
-#[test]
-fn device_nodes_when_privileged() {
+fn device_nodes_when_privileged(engine: IoEngine) {
     if !need_root("device_nodes_when_privileged") {
         return;
     }
@@ -181,7 +208,7 @@ fn device_nodes_when_privileged() {
             device_header("dev/loop9", EntryType::Block, 7, 9),
             Vec::new(),
         );
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     let stats = layer.unpack(&b).unwrap();
     let null = fs::symlink_metadata(layer.path("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
@@ -199,8 +226,7 @@ fn device_nodes_when_privileged() {
 // ---------------------------------------------------------------------------
 // 7. Owners and setuid bits.
 
-#[test]
-fn setuid_survives_chown() {
+fn setuid_survives_chown(engine: IoEngine) {
     if !need_root("setuid_survives_chown") {
         return;
     }
@@ -209,7 +235,7 @@ fn setuid_survives_chown() {
         .file_owned("bin/wall", 0o2755, 0, 5, "wall")
         .dir_owned("shared", 0o3775, 1000, 2000)
         .file_owned("shared/f", 0o640, 1000, 2000, "f");
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     layer.unpack(&b).unwrap();
     let su = fs::metadata(layer.path("bin/su")).unwrap();
     assert_eq!(su.permissions().mode() & 0o7777, 0o4755);
@@ -224,8 +250,7 @@ fn setuid_survives_chown() {
     assert_eq!((f.uid(), f.gid()), (1000, 2000));
 }
 
-#[test]
-fn symlink_owner_is_set_without_following() {
+fn symlink_owner_is_set_without_following(engine: IoEngine) {
     if !need_root("symlink_owner_is_set_without_following") {
         return;
     }
@@ -241,7 +266,7 @@ fn symlink_owner_is_set_without_following() {
     h.set_cksum();
     let mut b = LayerBuilder::new();
     b.file("target", 0o644, "t").raw_header(h, Vec::new());
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     layer.unpack(&b).unwrap();
     let link = fs::symlink_metadata(layer.path("link")).unwrap();
     assert_eq!((link.uid(), link.gid()), (1000, 1001));
@@ -257,8 +282,7 @@ fn symlink_owner_is_set_without_following() {
 const CAP_NET_RAW: &[u8] =
     b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
 
-#[test]
-fn capability_and_trusted_xattrs_are_kept_overlay_ones_dropped() {
+fn capability_and_trusted_xattrs_are_kept_overlay_ones_dropped(engine: IoEngine) {
     if !need_root("capability_and_trusted_xattrs_are_kept_overlay_ones_dropped") {
         return;
     }
@@ -278,7 +302,7 @@ fn capability_and_trusted_xattrs_are_kept_overlay_ones_dropped() {
     h.set_mtime(FIXED_MTIME);
     h.set_size(4);
     b.append_data(&mut h, "ping", &b"ping"[..]).unwrap();
-    let layer = Layer::new();
+    let layer = Layer::new(engine);
     layer.unpack_tar(&b.into_inner().unwrap()).unwrap();
 
     let ping = layer.path("ping");

@@ -1,11 +1,25 @@
 //! io_uring for skiff, with a blocking fallback.
 //!
-//! This crate is the only place with `unsafe` io code. For now it answers one
-//! question the daemon reports in `Status`: can this process use io_uring, and
-//! does the kernel support the opcodes skiff needs? The batched file creation and
-//! copy paths build on the same probe.
+//! This crate is the only place with `unsafe` io code. It answers the
+//! question the daemon reports in `Status` — can this process use io_uring,
+//! and does the kernel support the opcodes skiff needs ([`probe`],
+//! [`select`]) — and provides [`Ring`], a small driver for batched file IO
+//! whose operations own their buffers until the kernel is done with them.
 
+mod ring;
+
+use std::ffi::OsStr;
 use std::fs;
+use std::sync::OnceLock;
+
+pub use ring::{
+    DEFAULT_ENTRIES, DEFAULT_MAX_IN_FLIGHT_BYTES, OpKind, OpTarget, Ring, RingConfig, RingError,
+};
+
+/// The environment variable that forces the blocking engine:
+/// `SKIFF_IO_ENGINE=blocking`. Any other value (or none) lets [`select`]
+/// use io_uring when the [`probe`] allows it.
+pub const ENGINE_ENV: &str = "SKIFF_IO_ENGINE";
 
 /// The io_uring opcodes skiff's pipelines use.
 const NEEDED: &[(u8, &str)] = &[
@@ -32,6 +46,9 @@ pub enum Unavailable {
     /// The kernel lacks opcodes skiff needs.
     #[error("the kernel's io_uring lacks opcodes: {}", .0.join(", "))]
     MissingOpcodes(Vec<&'static str>),
+    /// The operator chose the blocking engine with `SKIFF_IO_ENGINE=blocking`.
+    #[error("the blocking engine was chosen with {ENGINE_ENV}=blocking")]
+    Forced,
 }
 
 /// Which IO engine a pipeline runs on.
@@ -59,6 +76,21 @@ pub fn probe() -> Engine {
         Ok(()) => Engine::Uring,
         Err(why) => Engine::Blocking(why),
     }
+}
+
+/// The engine to use: blocking when [`ENGINE_ENV`] says `blocking`,
+/// otherwise what [`probe`] finds (probed once per process).
+pub fn select() -> Engine {
+    select_with(std::env::var_os(ENGINE_ENV).as_deref())
+}
+
+/// [`select`] with the environment variable's value given.
+pub fn select_with(env: Option<&OsStr>) -> Engine {
+    if env.is_some_and(|v| v.eq_ignore_ascii_case("blocking")) {
+        return Engine::Blocking(Unavailable::Forced);
+    }
+    static PROBED: OnceLock<Engine> = OnceLock::new();
+    PROBED.get_or_init(probe).clone()
 }
 
 fn try_probe() -> Result<(), Unavailable> {
@@ -89,10 +121,35 @@ fn try_probe() -> Result<(), Unavailable> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn probe_answers() {
         // Either engine is fine; the probe must not panic and must name itself.
-        let engine = super::probe();
+        let engine = probe();
         assert!(["io_uring", "blocking"].contains(&engine.name()));
+    }
+
+    #[test]
+    fn select_honours_the_environment_and_the_probe() {
+        for forced in ["blocking", "BLOCKING"] {
+            let engine = select_with(Some(OsStr::new(forced)));
+            assert!(
+                matches!(engine, Engine::Blocking(Unavailable::Forced)),
+                "{forced}"
+            );
+            assert!(engine_reason(&engine).contains("SKIFF_IO_ENGINE=blocking"));
+        }
+        for other in [None, Some("io_uring"), Some("auto"), Some("")] {
+            let engine = select_with(other.map(OsStr::new));
+            assert_eq!(engine.name(), probe().name(), "{other:?}");
+        }
+    }
+
+    fn engine_reason(engine: &Engine) -> String {
+        match engine {
+            Engine::Uring => String::new(),
+            Engine::Blocking(why) => why.to_string(),
+        }
     }
 }

@@ -4,11 +4,17 @@
 //! resolved *inside* that directory ([`FsOps::open_dir`]) or a single final
 //! component (`name`, never `.`, `..` or containing `/`). That is the shape
 //! io_uring's `openat2`, `mkdirat`, `symlinkat`, `linkat`, `unlinkat`,
-//! `fsetxattr` and `write` opcodes take, so a batching engine can implement
-//! this trait later; [`BlockingFs`] is the plain-syscall implementation.
+//! `fsetxattr` and `write` opcodes take. [`BlockingFs`] is the
+//! plain-syscall implementation; [`super::uring::UringFs`] queues file
+//! writes and closes on io_uring.
+//!
+//! A regular file goes through `create_file → write_at* → finish_writes →
+//! metadata (chown, chmod, xattrs, times) → close`; an implementation may
+//! queue the writes and the close, but the metadata calls see the file's
+//! final contents.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd};
 
 use rustix::fs::{
     AtFlags, Dev, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Timestamps, Uid, XattrFlags,
@@ -32,6 +38,9 @@ pub(crate) enum Target<'a> {
 /// Filesystem primitives used by the unpacker. Errors are raw errnos; the
 /// caller knows which tar entry they belong to.
 pub(crate) trait FsOps {
+    /// A regular file opened by [`FsOps::create_file`] for writing.
+    type File: AsFd;
+
     /// Opens the directory at `path` resolved with `at` as the root
     /// (`RESOLVE_IN_ROOT`: `..` and absolute symlinks cannot leave it).
     /// With `follow_last == false` a symlink as the last component fails.
@@ -42,9 +51,33 @@ pub(crate) trait FsOps {
     fn mkdir(&mut self, parent: BorrowedFd<'_>, name: &CStr, mode: Mode) -> Result<()>;
     /// Creates regular file `name` in `parent` (fails if anything exists
     /// there, symlinks included) and opens it for writing.
-    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd>;
-    /// Writes all of `data` at `offset`.
-    fn write_at(&mut self, file: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<()>;
+    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<Self::File>;
+    /// Writes `buf[..len]` at `offset`, possibly later: errors may then be
+    /// reported by [`FsOps::finish_writes`]. Takes the buffer and returns
+    /// one to read the next chunk into: `buf` itself once written, or
+    /// another while `buf` is in flight (contents unspecified, length at
+    /// least `buf`'s when recycled).
+    fn write_at(
+        &mut self,
+        file: &Self::File,
+        buf: Vec<u8>,
+        len: usize,
+        offset: u64,
+    ) -> Result<Vec<u8>>;
+    /// Waits until every write to `file` is done; reports their errors.
+    fn finish_writes(&mut self, _file: &Self::File) -> Result<()> {
+        Ok(())
+    }
+    /// Closes `file`, possibly later: errors may be reported by
+    /// [`FsOps::flush`] instead.
+    fn close(&mut self, file: Self::File) -> Result<()> {
+        drop(file);
+        Ok(())
+    }
+    /// Waits for everything queued; reports the first error.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Creates symlink `name -> target` in `parent`.
     fn symlink(&mut self, target: &CStr, parent: BorrowedFd<'_>, name: &CStr) -> Result<()>;
     /// Hard-links `src_name` in `src_parent` (not following a symlink) as
@@ -109,6 +142,8 @@ const CHILD_ONLY: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_MAGICLINKS);
 
 impl FsOps for BlockingFs {
+    type File = OwnedFd;
+
     fn open_dir(&mut self, at: BorrowedFd<'_>, path: &CStr, follow_last: bool) -> Result<OwnedFd> {
         let mut flags = OFlags::RDONLY | OFlags::DIRECTORY;
         if !follow_last {
@@ -147,19 +182,15 @@ impl FsOps for BlockingFs {
         )
     }
 
-    fn write_at(&mut self, file: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> Result<()> {
-        while !data.is_empty() {
-            match rustix::io::pwrite(file, data, offset) {
-                Ok(0) => return Err(Errno::NOSPC),
-                Ok(n) => {
-                    data = &data[n..];
-                    offset += n as u64;
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    fn write_at(
+        &mut self,
+        file: &OwnedFd,
+        buf: Vec<u8>,
+        len: usize,
+        offset: u64,
+    ) -> Result<Vec<u8>> {
+        write_all_at(file, &buf[..len], offset)?;
+        Ok(buf)
     }
 
     fn symlink(&mut self, target: &CStr, parent: BorrowedFd<'_>, name: &CStr) -> Result<()> {
@@ -239,6 +270,22 @@ impl FsOps for BlockingFs {
             }
         }
     }
+}
+
+/// `pwrite` until all of `data` is written.
+pub(crate) fn write_all_at(file: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<()> {
+    while !data.is_empty() {
+        match rustix::io::pwrite(file, data, offset) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `/proc/self/fd/<parent>/<name>`.
