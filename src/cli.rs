@@ -73,6 +73,9 @@ pub enum Command {
     /// Image operations beyond CRI.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Pod and container commands.
+    #[command(flatten)]
+    Pod(crate::cli_pods::PodCommand),
 }
 
 /// `skiff image …`.
@@ -115,6 +118,12 @@ pub enum CliError {
     /// The named object does not exist.
     #[error("{0:?} not found")]
     NotFound(String),
+    /// A config file or log could not be used.
+    #[error("{0}")]
+    Config(String),
+    /// An exec'd command exited non-zero (its code becomes the CLI's).
+    #[error("command exited with code {0}")]
+    ExitCode(i32),
     /// The local tokio runtime cannot start.
     #[error("cannot start the client runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -251,6 +260,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 for i in r.images {
                     println!("imported {} {}", i.id, i.repo_tags.join(" "));
                 }
+            }
+            Command::Pod(cmd) => {
+                crate::cli_pods::run(&mut client, cli.timeout, cmd).await?;
             }
             Command::Imagefsinfo => {
                 let r = rpc(

@@ -230,11 +230,21 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
                     source,
                 }
             })?;
-        let ports = skiff_cri::Ports {
+        let runtime =
+            crate::pods::Runtime::new(config.clone(), meta.clone(), images.clone(), shim.clone());
+        if let Err(e) = runtime.recover().await {
+            tracing::error!(error = %e, "recovering pods and containers");
+        }
+        let in_use: crate::images::InUse = {
+            let rt = runtime.clone();
+            Arc::new(move |id: &str| rt.containers_using(id))
+        };
+        let mut ports = skiff_cri::Ports {
             info: Arc::new(Info::new(config.clone(), meta.clone(), shim)),
-            images: Arc::new(ImageService::new(images.clone())),
+            images: Arc::new(ImageService::new(images.clone(), in_use)),
             ..Default::default()
         };
+        runtime.install(&mut ports);
         let extra = tonic::service::Routes::default()
             .add_service(crate::admin::AdminService::server(images.clone()));
         serve_until_signal(listener, ports, extra).await

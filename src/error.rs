@@ -27,16 +27,21 @@ impl Classify for ServiceError {
         match self {
             ServiceError::Meta(_) => ErrorKind::Internal,
             ServiceError::BadRequest(_) => ErrorKind::InvalidArgument,
-            ServiceError::Image(e) => match e.kind() {
-                Kind::NotFound => ErrorKind::NotFound,
-                Kind::InvalidArgument => ErrorKind::InvalidArgument,
-                Kind::FailedPrecondition => ErrorKind::FailedPrecondition,
-                Kind::Unavailable => ErrorKind::Unavailable,
-                Kind::Unauthenticated => ErrorKind::Unauthenticated,
-                Kind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                Kind::ResourceExhausted => ErrorKind::ResourceExhausted,
-                Kind::Internal => ErrorKind::Internal,
-            },
+            ServiceError::Image(e) => image_kind(e.kind()),
         }
+    }
+}
+
+/// The CRI kind of an image store error kind.
+pub fn image_kind(kind: Kind) -> ErrorKind {
+    match kind {
+        Kind::NotFound => ErrorKind::NotFound,
+        Kind::InvalidArgument => ErrorKind::InvalidArgument,
+        Kind::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Kind::Unavailable => ErrorKind::Unavailable,
+        Kind::Unauthenticated => ErrorKind::Unauthenticated,
+        Kind::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        Kind::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Kind::Internal => ErrorKind::Internal,
     }
 }

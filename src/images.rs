@@ -14,12 +14,16 @@ use crate::error::ServiceError;
 /// Serves ImageService from the image store.
 pub struct ImageService {
     images: Arc<Images>,
+    in_use: InUse,
 }
+
+/// Which containers use an image (by image id); RemoveImage refuses while any do.
+pub type InUse = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 impl ImageService {
     /// A port over `images`.
-    pub fn new(images: Arc<Images>) -> ImageService {
-        ImageService { images }
+    pub fn new(images: Arc<Images>, in_use: InUse) -> ImageService {
+        ImageService { images, in_use }
     }
 }
 
@@ -157,7 +161,7 @@ impl ImagePort for ImageService {
         let name = image_name(req.image.as_ref()).to_string();
         // No containers exist yet; the container work plugs its usage check in here.
         self.images
-            .remove(&name, |_| Vec::new())
+            .remove(&name, |id| (self.in_use)(id.as_str()))
             .await
             .map_err(ServiceError::from)?;
         Ok(api::RemoveImageResponse {})

@@ -280,11 +280,71 @@ impl Skiffd {
     }
 }
 
+impl Skiffd {
+    /// Remove every pod through the CRI (which stops containers and shims), then
+    /// lazily unmount anything still mounted under the temp directory, so a test
+    /// that failed half way leaves no process, mount or namespace behind.
+    pub fn remove_all_pods(&self) {
+        if self.child.is_none() {
+            return;
+        }
+        let socket = self.socket.clone();
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(mut c) = CriClient::connect(&socket).await else {
+                    return;
+                };
+                let Ok(pods) = c
+                    .runtime
+                    .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+                    .await
+                else {
+                    return;
+                };
+                for p in pods.into_inner().items {
+                    let _ = c
+                        .runtime
+                        .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                            pod_sandbox_id: p.id,
+                        })
+                        .await;
+                }
+            });
+        });
+        let _ = worker.join();
+    }
+
+    fn unmount_leftovers(&self) {
+        let base = self.dir.path().to_string_lossy().into_owned();
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&base))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            eprintln!("skiffd harness: unmounting leftover {p}");
+            let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 impl Drop for Skiffd {
     fn drop(&mut self) {
+        self.remove_all_pods();
         if self.child.is_some() {
             self.stop(Duration::from_secs(5));
         }
+        self.unmount_leftovers();
         if std::thread::panicking() {
             eprintln!(
                 "--- skiffd log ({}) ---\n{}",

@@ -1,0 +1,127 @@
+//! The shim's few raw system calls: signal mask and signalfd, fork, and the
+//! CLONE_NEWPID clone that starts the pod's pause process. The shim is
+//! single-threaded when it calls these.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// Block SIGCHLD, SIGTERM, SIGINT and SIGHUP and return a signalfd that reports them.
+pub fn signalfd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted (null).
+    if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `set` is initialised; -1 asks for a new fd.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Unblock every signal again (in a child before exec).
+fn unblock_all() {
+    // SAFETY: as in `signalfd`; sigprocmask is async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Drain a signalfd; returns whether anything but SIGCHLD arrived (a stop request).
+pub fn read_signals(fd: &OwnedFd) -> bool {
+    let mut stop = false;
+    let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    while let Ok(n) = rustix::io::read(fd, &mut buf) {
+        if n < buf.len() {
+            break;
+        }
+        let signo = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if signo != libc::SIGCHLD as u32 {
+            stop = true;
+        }
+    }
+    stop
+}
+
+/// Whether this process is the parent or the child after [`fork`].
+pub enum Forked {
+    /// In the parent; the child's pid.
+    Parent,
+    /// In the child.
+    Child,
+}
+
+/// fork(2). The caller must be single-threaded.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the shim is single-threaded at this point (checked by the caller's
+    // design: no thread is ever spawned in the shim), so the child may run Rust code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        _ => Ok(Forked::Parent),
+    }
+}
+
+/// Start `pause` as PID 1 of a new PID namespace, joined to the cgroups whose
+/// `cgroup.procs` files are listed. Returns its pid in the shim's namespace.
+pub fn spawn_pause(pause: &Path, procs_files: &[std::path::PathBuf]) -> io::Result<i32> {
+    let prog = CString::new(pause.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pause path"))?;
+    let argv = [prog.as_ptr(), std::ptr::null()];
+    // Opened before the clone: the child only dup2s it over its stdio, so it holds
+    // none of the pipes skiffd reads from the shim.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let flags = libc::CLONE_NEWPID | libc::SIGCHLD;
+    // SAFETY: a raw clone without CLONE_VM behaves like fork: the child gets a copy of
+    // the (single-threaded) shim's memory and its own stack copy. The child only joins
+    // cgroups, unblocks signals and execs, then exits if exec failed.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(flags),
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            for f in procs_files {
+                let _ = std::fs::write(f, b"0");
+            }
+            for fd in 0..3 {
+                // SAFETY: `null` is an open fd; dup2 is async-signal-safe.
+                unsafe {
+                    libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+                }
+            }
+            unblock_all();
+            let _ = rustix::process::setsid();
+            // SAFETY: argv is a NUL-terminated array of valid C strings that outlive the call.
+            unsafe {
+                libc::execv(prog.as_ptr(), argv.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        pid => i32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid")),
+    }
+}

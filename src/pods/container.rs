@@ -1,0 +1,778 @@
+//! Container RPCs: CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ContainerStatus, ListContainers, ExecSync, ReopenContainerLog,
+//! UpdateContainerResources; and the exit watcher.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use skiff_cri::api;
+use skiff_cri::ports::{ContainerPort, PortResult};
+use skiff_meta::Table;
+use skiff_shim::protocol::{Exit, Reply, Request};
+use tonic::async_trait;
+
+use super::records::{ContainerRecord, CtrState, PidMode, PodState, User, encode};
+use super::{
+    CONTAINER_NAMES, Runtime, RuntimeError, Service, container_config, io_err, labels_match,
+    pod_config, shim,
+};
+use crate::spec;
+
+/// Signal numbers by name, for an image's StopSignal.
+fn signal_number(name: &str) -> Option<i32> {
+    let n = name.trim().to_ascii_uppercase();
+    if let Ok(num) = n.parse::<i32>() {
+        return (1..=64).contains(&num).then_some(num);
+    }
+    let n = n.strip_prefix("SIG").unwrap_or(&n);
+    Some(match n {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => {
+            let rt = n.strip_prefix("RTMIN+")?.parse::<i32>().ok()?;
+            libc::SIGRTMIN() + rt
+        }
+    })
+}
+
+fn read_exit(bundle: &std::path::Path) -> Option<Exit> {
+    let bytes = fs::read(bundle.join("exit.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn ctr_name_key(c: &api::ContainerConfig, pod: &api::PodSandboxConfig) -> String {
+    let m = c.metadata.clone().unwrap_or_default();
+    let p = pod.metadata.clone().unwrap_or_default();
+    format!(
+        "{}_{}_{}_{}_{}",
+        m.name, p.name, p.namespace, p.uid, m.attempt
+    )
+}
+
+impl Runtime {
+    /// Bring a record up to date with what the shim wrote to disk.
+    pub(super) fn refresh(&self, c: &mut ContainerRecord) {
+        if c.state == CtrState::Exited {
+            return;
+        }
+        if let Some(exit) = read_exit(&c.bundle) {
+            self.record_exit(c, exit);
+            if let Err(e) = self.save_container(c) {
+                tracing::warn!(container_id = %c.id, error = %e, "save exit");
+            }
+        }
+    }
+
+    fn record_exit(&self, c: &mut ContainerRecord, exit: Exit) {
+        if !c.transition(CtrState::Exited) {
+            return;
+        }
+        c.exit_code = exit.code;
+        c.finished_at = exit.at_ns;
+        let oom = self.cgroups.oom_killed(&c.cgroups_path);
+        c.reason = if oom {
+            "OOMKilled"
+        } else if exit.code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .to_string();
+        self.events
+            .publish(self.event(c, api::ContainerEventType::ContainerStoppedEvent));
+    }
+
+    /// Mark a container exited when no exit was recorded (its shim is gone).
+    pub(super) fn settle_exit(&self, c: &mut ContainerRecord, message: Option<&str>) {
+        self.refresh(c);
+        if c.state == CtrState::Exited {
+            return;
+        }
+        let was_created = c.state == CtrState::Created;
+        c.transition(CtrState::Exited);
+        c.finished_at = super::now_ns();
+        c.exit_code = if was_created { 0 } else { 137 };
+        c.reason = if message.is_some() {
+            "Unknown"
+        } else {
+            "Error"
+        }
+        .to_string();
+        if let Some(m) = message {
+            c.message = m.to_string();
+        }
+        self.events
+            .publish(self.event(c, api::ContainerEventType::ContainerStoppedEvent));
+    }
+
+    fn event(
+        &self,
+        c: &ContainerRecord,
+        kind: api::ContainerEventType,
+    ) -> api::ContainerEventResponse {
+        let pod_status = self
+            .pod(&c.pod_id)
+            .ok()
+            .flatten()
+            .map(|p| self.pod_status(&p));
+        api::ContainerEventResponse {
+            container_id: c.id.clone(),
+            container_event_type: kind as i32,
+            created_at: super::now_ns(),
+            pod_sandbox_status: pod_status,
+            containers_statuses: vec![self.container_status(c)],
+        }
+    }
+
+    /// Watch a running container's exit in the background.
+    pub(super) fn watch(self: &Arc<Self>, c: &ContainerRecord) {
+        let rt = self.clone();
+        let id = c.id.clone();
+        let pod = c.pod_id.clone();
+        tokio::spawn(async move {
+            let Ok(Some(p)) = rt.pod(&pod) else { return };
+            let r = shim::call(
+                &pod,
+                &p.shim_socket,
+                &Request::Wait { id: id.clone() },
+                None,
+            )
+            .await;
+            if let Ok(Reply::Exited(exit)) = r {
+                let _guard = rt.lock(&id).await;
+                if let Ok(Some(mut c)) = rt.container(&id) {
+                    rt.record_exit(&mut c, exit);
+                    let _ = rt.save_container(&c);
+                }
+            }
+        });
+    }
+
+    pub(super) fn container_status(&self, c: &ContainerRecord) -> api::ContainerStatus {
+        let cfg = container_config(c);
+        api::ContainerStatus {
+            id: c.id.clone(),
+            metadata: cfg.metadata.clone(),
+            state: c.state.cri() as i32,
+            created_at: c.created_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            exit_code: c.exit_code,
+            image: Some(api::ImageSpec {
+                image: c.image_name.clone(),
+                annotations: cfg
+                    .image
+                    .as_ref()
+                    .map(|i| i.annotations.clone())
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            image_ref: c.image_id.clone(),
+            image_id: c.image_id.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            labels: cfg.labels.clone(),
+            annotations: cfg.annotations.clone(),
+            mounts: cfg.mounts.clone(),
+            log_path: c
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            resources: cfg
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| api::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
+            user: Some(api::ContainerUser {
+                linux: Some(api::LinuxContainerUser {
+                    uid: c.user.uid,
+                    gid: c.user.gid,
+                    supplemental_groups: c.user.groups.clone(),
+                }),
+            }),
+        }
+    }
+
+    fn container_info(&self, c: &ContainerRecord) -> HashMap<String, String> {
+        let spec = fs::read(c.bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let info = serde_json::json!({
+            "sandboxID": c.pod_id,
+            "pid": c.pid.unwrap_or(0),
+            "bundle": c.bundle,
+            "rootfs": c.rootfs(),
+            "cgroupsPath": c.cgroups_path,
+            "imageRef": c.image_id,
+            "runtimeSpec": spec,
+        });
+        HashMap::from([("info".to_string(), info.to_string())])
+    }
+
+    async fn create_container(
+        &self,
+        req: api::CreateContainerRequest,
+    ) -> Result<String, RuntimeError> {
+        let p = self.must_pod(&req.pod_sandbox_id)?;
+        let _pod_guard = self.lock(&p.id).await;
+        let p = self.must_pod(&p.id)?;
+        if p.state != PodState::Ready {
+            return Err(RuntimeError::Precondition(format!(
+                "pod sandbox {} is not ready; containers cannot be created in it",
+                p.id
+            )));
+        }
+        let cfg = req.config.unwrap_or_default();
+        let pod_cfg = pod_config(&p);
+        let image_name = cfg
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self
+            .images
+            .resolve(&image_name)?
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "image",
+                id: image_name.clone(),
+            })?;
+        let image_config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&self.images.config_json(&image)?).map_err(|e| {
+                RuntimeError::Invalid(format!("image {image_name}: config is not valid: {e}"))
+            })?;
+        let log_path = spec::resolve_log_path(&pod_cfg.log_directory, &cfg.log_path)?;
+        if cfg.tty {
+            return Err(RuntimeError::Invalid(
+                "tty containers are not supported by skiff yet".into(),
+            ));
+        }
+        let id = super::new_id();
+        let key = ctr_name_key(&cfg, &pod_cfg);
+        self.reserve(CONTAINER_NAMES, "container", &key, &id)?;
+        let _guard = self.lock(&id).await;
+        let bundle = self.config.state.join("containers").join(&id);
+        let layer_dir = self.config.root.join("containers").join(&id);
+        let stop_signal = image_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+            .and_then(|s| signal_number(&s))
+            .unwrap_or(libc::SIGTERM);
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: p.id.clone(),
+            config: encode(&cfg),
+            image_id: image.id.to_string(),
+            image_name,
+            state: CtrState::Created,
+            created_at: super::now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path,
+            bundle: bundle.clone(),
+            layer_dir: layer_dir.clone(),
+            cgroups_path: format!("{}/{}", p.cgroup_parent.trim_end_matches('/'), id),
+            pid: None,
+            user: User::default(),
+            stop_signal,
+            name_key: key.clone(),
+        };
+        let made = self
+            .make_container(&mut rec, &p, &pod_cfg, &cfg, &image, &image_config)
+            .await;
+        match made {
+            Ok(()) => {
+                self.events
+                    .publish(self.event(&rec, api::ContainerEventType::ContainerCreatedEvent));
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = shim::call(
+                    &p.id,
+                    &p.shim_socket,
+                    &Request::Delete { id: id.clone() },
+                    Some(shim::SHORT),
+                )
+                .await;
+                let _ = crate::sys::unmount(&rec.rootfs());
+                let _ = fs::remove_dir_all(&bundle);
+                let _ = fs::remove_dir_all(&layer_dir);
+                let _ = self.meta.delete(Table::CONTAINERS, &id);
+                self.release(CONTAINER_NAMES, &key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn make_container(
+        &self,
+        rec: &mut ContainerRecord,
+        p: &super::records::PodRecord,
+        pod_cfg: &api::PodSandboxConfig,
+        cfg: &api::ContainerConfig,
+        image: &skiff_image::ImageRecord,
+        image_config: &oci_spec::image::ImageConfiguration,
+    ) -> Result<(), RuntimeError> {
+        let rootfs = rec.rootfs();
+        let upper = rec.layer_dir.join("upper");
+        let work = rec.layer_dir.join("work");
+        for d in [&rootfs, &upper, &work] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        // Saved first so that a crash from here on is cleaned up at removal.
+        self.save_container(rec)?;
+        let mount = self
+            .images
+            .snapshots()
+            .mounts(&image.chain_ids(), &upper, &work);
+        {
+            let (rootfs, lower) = (rootfs.clone(), mount.lower.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::sys::mount_overlay(&rootfs, &lower, &upper, &work)
+            })
+            .await
+            .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
+        }
+        let pid_ns = match p.pid_mode {
+            PidMode::Host => spec::PidNs::Host,
+            PidMode::Container => spec::PidNs::Container,
+            PidMode::Pod => spec::PidNs::Pod(PathBuf::from(format!(
+                "/proc/{}/ns/pid",
+                p.pause_pid.unwrap_or(0)
+            ))),
+        };
+        let inputs = spec::SpecInputs {
+            container_id: &rec.id,
+            pod_id: &p.id,
+            pod: pod_cfg,
+            container: cfg,
+            image: image_config,
+            image_name: &rec.image_name,
+            rootfs: &rootfs,
+            files: spec::PodFiles {
+                hostname: Some(&p.dir.join("hostname")),
+                hosts: Some(&p.dir.join("hosts")),
+                resolv_conf: Some(&p.dir.join("resolv.conf")),
+                shm: p.shm.as_deref(),
+            },
+            namespaces: spec::PodNamespaces {
+                net: p.ns.net.as_deref(),
+                ipc: p.ns.ipc.as_deref(),
+                uts: p.ns.uts.as_deref(),
+                pid: pid_ns,
+            },
+            cgroups_path: rec.cgroups_path.clone(),
+            host: &self.host,
+        };
+        let oci = spec::build(&inputs)?;
+        if let Some(u) = oci.process().as_ref().map(|p| p.user()) {
+            rec.user = User {
+                uid: i64::from(u.uid()),
+                gid: i64::from(u.gid()),
+                groups: u
+                    .additional_gids()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(i64::from)
+                    .collect(),
+            };
+        }
+        let config_path = rec.bundle.join("config.json");
+        let json =
+            serde_json::to_vec(&oci).map_err(|e| RuntimeError::Invalid(format!("spec: {e}")))?;
+        fs::write(&config_path, json).map_err(io_err("write", &config_path))?;
+        let reply = shim::call(
+            &p.id,
+            &p.shim_socket,
+            &Request::Create {
+                id: rec.id.clone(),
+                bundle: rec.bundle.clone(),
+                log_path: rec.log_path.clone(),
+                stdin: cfg.stdin,
+            },
+            Some(shim::SHORT),
+        )
+        .await?;
+        if let Reply::Created { pid } = reply {
+            rec.pid = Some(pid);
+        }
+        self.save_container(rec)?;
+        Ok(())
+    }
+
+    async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let c = self.must_container(id)?;
+        let _guard = self.lock(&c.id).await;
+        let mut c = self.must_container(&c.id)?;
+        self.refresh(&mut c);
+        if c.state != CtrState::Created {
+            return Err(RuntimeError::Precondition(format!(
+                "container {} is {:?}, not created",
+                c.id, c.state
+            )));
+        }
+        let p = self.must_pod(&c.pod_id)?;
+        // Taken before the call: a process that exits at once must not look as if
+        // it finished before it started.
+        let started_at = super::now_ns();
+        let started = shim::call(
+            &p.id,
+            &p.shim_socket,
+            &Request::Start { id: c.id.clone() },
+            Some(shim::SHORT),
+        )
+        .await;
+        if let Err(e) = started {
+            // A container that could not start is finished, like containerd's StartError.
+            c.transition(CtrState::Exited);
+            c.finished_at = super::now_ns();
+            c.exit_code = 128;
+            c.reason = "StartError".into();
+            c.message = e.to_string();
+            self.save_container(&c)?;
+            return Err(e);
+        }
+        c.started_at = started_at;
+        c.transition(CtrState::Running);
+        self.refresh(&mut c);
+        self.save_container(&c)?;
+        self.events
+            .publish(self.event(&c, api::ContainerEventType::ContainerStartedEvent));
+        self.watch(&c);
+        Ok(())
+    }
+
+    /// Signal the container (its image's stop signal), wait `timeout` seconds, then
+    /// kill everything in it. Idempotent.
+    pub(super) async fn stop_container_inner(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: i64,
+    ) -> Result<(), RuntimeError> {
+        let Some(c) = self.container(id)? else {
+            return Ok(());
+        };
+        let _guard = self.lock(&c.id).await;
+        let Some(mut c) = self.container(&c.id)? else {
+            return Ok(());
+        };
+        self.refresh(&mut c);
+        if c.state == CtrState::Exited {
+            return Ok(());
+        }
+        let p = self.must_pod(&c.pod_id)?;
+        if p.state != PodState::Ready {
+            self.settle_exit(&mut c, None);
+            return self.save_container(&c);
+        }
+        let call = |req: Request, t: Option<Duration>| {
+            let (pod, socket) = (p.id.clone(), p.shim_socket.clone());
+            async move { shim::call(&pod, &socket, &req, t).await }
+        };
+        let wait = Request::Wait { id: c.id.clone() };
+        let mut exit = None;
+        if timeout > 0 && c.state == CtrState::Running {
+            call(
+                Request::Kill {
+                    id: c.id.clone(),
+                    signal: c.stop_signal,
+                    all: false,
+                },
+                Some(shim::SHORT),
+            )
+            .await?;
+            let secs = u64::try_from(timeout).unwrap_or(0);
+            if let Ok(Ok(Reply::Exited(e))) =
+                tokio::time::timeout(Duration::from_secs(secs), call(wait.clone(), None)).await
+            {
+                exit = Some(e);
+            }
+        }
+        if exit.is_none() {
+            call(
+                Request::Kill {
+                    id: c.id.clone(),
+                    signal: libc::SIGKILL,
+                    all: true,
+                },
+                Some(shim::SHORT),
+            )
+            .await?;
+            match tokio::time::timeout(Duration::from_secs(30), call(wait, None)).await {
+                Ok(Ok(Reply::Exited(e))) => exit = Some(e),
+                Ok(Err(e)) => return Err(e),
+                _ => {
+                    return Err(RuntimeError::Precondition(format!(
+                        "container {} did not exit within 30 s of SIGKILL",
+                        c.id
+                    )));
+                }
+            }
+        }
+        if let Some(e) = exit {
+            self.record_exit(&mut c, e);
+        }
+        self.save_container(&c)
+    }
+
+    /// Stop (if needed) and remove a container: runtime state, rootfs, writable
+    /// layer, record. Idempotent.
+    pub(super) async fn remove_container_inner(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<(), RuntimeError> {
+        let Some(c) = self.container(id)? else {
+            return Ok(());
+        };
+        self.stop_container_inner(&c.id, 0).await?;
+        let _guard = self.lock(&c.id).await;
+        let Some(c) = self.container(&c.id)? else {
+            return Ok(());
+        };
+        if let Ok(Some(p)) = self.pod(&c.pod_id)
+            && p.state == PodState::Ready
+        {
+            match shim::call(
+                &p.id,
+                &p.shim_socket,
+                &Request::Delete { id: c.id.clone() },
+                Some(shim::SHORT),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) if shim::is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        crate::sys::unmount(&c.rootfs())?;
+        let _ = fs::remove_dir_all(&c.bundle);
+        let _ = fs::remove_dir_all(&c.layer_dir);
+        self.cpu.forget(&c.id);
+        self.meta.delete(Table::CONTAINERS, &c.id)?;
+        self.release(CONTAINER_NAMES, &c.name_key);
+        self.events
+            .publish(self.event(&c, api::ContainerEventType::ContainerDeletedEvent));
+        Ok(())
+    }
+
+    async fn exec_sync(
+        &self,
+        req: api::ExecSyncRequest,
+    ) -> Result<api::ExecSyncResponse, RuntimeError> {
+        let timeout_ms = u64::try_from(req.timeout).unwrap_or(0).saturating_mul(1000);
+        let args = req.cmd.clone();
+        let reply = self
+            .call_running(&req.container_id, None, |id| Request::Exec {
+                id,
+                args,
+                timeout_ms,
+            })
+            .await?;
+        match reply {
+            Reply::Exec {
+                code,
+                stdout,
+                stderr,
+            } => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                Ok(api::ExecSyncResponse {
+                    stdout: b64.decode(stdout).unwrap_or_default(),
+                    stderr: b64.decode(stderr).unwrap_or_default(),
+                    exit_code: code,
+                })
+            }
+            other => Err(RuntimeError::Invalid(format!(
+                "unexpected shim reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Send a request about a running container to its pod's shim.
+    async fn call_running(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+        make: impl FnOnce(String) -> Request,
+    ) -> Result<Reply, RuntimeError> {
+        let mut c = self.must_container(id)?;
+        self.refresh(&mut c);
+        if c.state != CtrState::Running {
+            return Err(RuntimeError::Precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let p = self.must_pod(&c.pod_id)?;
+        shim::call(&p.id, &p.shim_socket, &make(c.id.clone()), timeout).await
+    }
+}
+
+#[async_trait]
+impl ContainerPort for Service {
+    async fn create(
+        &self,
+        req: api::CreateContainerRequest,
+    ) -> PortResult<api::CreateContainerResponse> {
+        let id = self.0.create_container(req).await?;
+        Ok(api::CreateContainerResponse { container_id: id })
+    }
+
+    async fn start(
+        &self,
+        req: api::StartContainerRequest,
+    ) -> PortResult<api::StartContainerResponse> {
+        self.0.start_container(&req.container_id).await?;
+        Ok(api::StartContainerResponse {})
+    }
+
+    async fn stop(&self, req: api::StopContainerRequest) -> PortResult<api::StopContainerResponse> {
+        self.0
+            .stop_container_inner(&req.container_id, req.timeout)
+            .await?;
+        Ok(api::StopContainerResponse {})
+    }
+
+    async fn remove(
+        &self,
+        req: api::RemoveContainerRequest,
+    ) -> PortResult<api::RemoveContainerResponse> {
+        self.0.remove_container_inner(&req.container_id).await?;
+        Ok(api::RemoveContainerResponse {})
+    }
+
+    async fn list(
+        &self,
+        req: api::ListContainersRequest,
+    ) -> PortResult<api::ListContainersResponse> {
+        let rt = &self.0;
+        let f = req.filter.unwrap_or_default();
+        let mut containers: Vec<api::Container> = rt
+            .containers()?
+            .into_iter()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+            .map(|mut c| {
+                rt.refresh(&mut c);
+                let cfg = container_config(&c);
+                api::Container {
+                    id: c.id.clone(),
+                    pod_sandbox_id: c.pod_id.clone(),
+                    metadata: cfg.metadata.clone(),
+                    image: Some(api::ImageSpec {
+                        image: c.image_name.clone(),
+                        ..Default::default()
+                    }),
+                    image_ref: c.image_id.clone(),
+                    image_id: c.image_id.clone(),
+                    state: c.state.cri() as i32,
+                    created_at: c.created_at,
+                    labels: cfg.labels,
+                    annotations: cfg.annotations,
+                }
+            })
+            .filter(|c| f.state.as_ref().is_none_or(|s| s.state == c.state))
+            .filter(|c| labels_match(&c.labels, &f.label_selector))
+            .collect();
+        containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        Ok(api::ListContainersResponse { containers })
+    }
+
+    async fn status(
+        &self,
+        req: api::ContainerStatusRequest,
+    ) -> PortResult<api::ContainerStatusResponse> {
+        let rt = &self.0;
+        let mut c = rt.must_container(&req.container_id)?;
+        rt.refresh(&mut c);
+        Ok(api::ContainerStatusResponse {
+            status: Some(rt.container_status(&c)),
+            info: if req.verbose {
+                rt.container_info(&c)
+            } else {
+                HashMap::new()
+            },
+        })
+    }
+
+    async fn update_resources(
+        &self,
+        req: api::UpdateContainerResourcesRequest,
+    ) -> PortResult<api::UpdateContainerResourcesResponse> {
+        let Some(linux) = req.linux.as_ref() else {
+            return Ok(api::UpdateContainerResourcesResponse {});
+        };
+        let resources = spec::linux_resources(linux, self.0.host.cgroup_v2);
+        let json = serde_json::to_string(&resources)
+            .map_err(|e| RuntimeError::Invalid(format!("resources: {e}")))?;
+        self.0
+            .call_running(&req.container_id, Some(shim::SHORT), |id| Request::Update {
+                id,
+                resources: json,
+            })
+            .await?;
+        // Keep the config's resources current for ContainerStatus.
+        let rt = &self.0;
+        let _guard = rt.lock(&req.container_id).await;
+        if let Some(mut c) = rt.container(&req.container_id)? {
+            let mut cfg = container_config(&c);
+            cfg.linux.get_or_insert_with(Default::default).resources = Some(linux.clone());
+            c.config = encode(&cfg);
+            rt.save_container(&c)?;
+        }
+        Ok(api::UpdateContainerResourcesResponse {})
+    }
+
+    async fn reopen_log(
+        &self,
+        req: api::ReopenContainerLogRequest,
+    ) -> PortResult<api::ReopenContainerLogResponse> {
+        self.0
+            .call_running(&req.container_id, Some(shim::SHORT), |id| {
+                Request::ReopenLog { id }
+            })
+            .await?;
+        Ok(api::ReopenContainerLogResponse {})
+    }
+
+    async fn exec_sync(&self, req: api::ExecSyncRequest) -> PortResult<api::ExecSyncResponse> {
+        Ok(self.0.exec_sync(req).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_by_name_and_number() {
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("quit"), Some(libc::SIGQUIT));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(signal_number("0"), None);
+    }
+}

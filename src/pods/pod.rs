@@ -1,0 +1,618 @@
+//! Pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox,
+//! PodSandboxStatus, ListPodSandbox; and recovery after a restart.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_cri::api;
+use skiff_cri::ports::{PodPort, PortResult};
+use skiff_meta::Table;
+use skiff_shim::protocol::Request;
+use tonic::async_trait;
+
+use super::records::{CtrState, PidMode, PodRecord, PodState, encode};
+use super::{POD_NAMES, Runtime, RuntimeError, Service, io_err, labels_match, pod_config, shim};
+use crate::sys::{self, PodNs, PodNsSpec};
+
+fn mode(m: i32) -> api::NamespaceMode {
+    api::NamespaceMode::try_from(m).unwrap_or(api::NamespaceMode::Pod)
+}
+
+fn name_key(c: &api::PodSandboxConfig) -> String {
+    let m = c.metadata.clone().unwrap_or_default();
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+/// Sysctls a pod may set, split from those it may not given its namespaces.
+fn check_sysctls(
+    sysctls: &HashMap<String, String>,
+    own_net: bool,
+    own_ipc: bool,
+) -> Result<Vec<(String, String)>, RuntimeError> {
+    let mut out = Vec::new();
+    for (k, v) in sysctls {
+        let ipc = k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
+        let net = k.starts_with("net.");
+        let ok = (net && own_net) || (ipc && own_ipc);
+        if !ok {
+            return Err(RuntimeError::Invalid(format!(
+                "sysctl {k}={v} is not namespaced to this pod (only net.* with a pod network \
+                 and kernel.shm*/msg*/sem, fs.mqueue.* with a pod IPC namespace are)"
+            )));
+        }
+        if k.contains("..") || k.contains('/') && k.split('/').any(|p| p == "..") {
+            return Err(RuntimeError::Invalid(format!(
+                "sysctl name {k} is not valid"
+            )));
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn resolv_conf(dns: Option<&api::DnsConfig>) -> Option<String> {
+    let dns = dns?;
+    if dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    if !dns.searches.is_empty() {
+        s.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for server in &dns.servers {
+        s.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.options.is_empty() {
+        s.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Some(s)
+}
+
+fn host_hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Write the pod's hostname, hosts and resolv.conf files.
+fn write_pod_files(
+    dir: &Path,
+    c: &api::PodSandboxConfig,
+    host_net: bool,
+) -> Result<(), RuntimeError> {
+    let hostname = if host_net {
+        host_hostname()
+    } else if c.hostname.is_empty() {
+        c.metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    } else {
+        c.hostname.clone()
+    };
+    let w = |name: &str, body: String| {
+        let p = dir.join(name);
+        fs::write(&p, body).map_err(io_err("write", &p))
+    };
+    w("hostname", format!("{hostname}\n"))?;
+    let hosts = if host_net {
+        fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n"
+            .to_string()
+    };
+    w("hosts", hosts)?;
+    let resolv = resolv_conf(c.dns_config.as_ref())
+        .unwrap_or_else(|| fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    w("resolv.conf", resolv)?;
+    Ok(())
+}
+
+/// Undo what a (possibly half-made) pod holds on the host: shim, namespaces, shm,
+/// cgroups. Every step tolerates what is already gone.
+async fn release_pod(rt: &Runtime, p: &PodRecord) {
+    if p.shim_socket.exists() {
+        let r = shim::call(&p.id, &p.shim_socket, &Request::Shutdown, Some(shim::SHORT)).await;
+        if let Err(e) = r {
+            tracing::warn!(pod_id = %p.id, error = %e, "shim shutdown");
+        }
+        // The shim removes its socket when it exits; give it a moment.
+        for _ in 0..100 {
+            if !p.shim_socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = fs::remove_file(&p.shim_socket);
+    }
+    sys::release_namespaces(&p.ns);
+    if let Some(shm) = &p.shm {
+        let _ = sys::unmount(shm);
+    }
+    if let Some(cg) = &p.pause_cgroup
+        && let Err(e) = rt.cgroups.remove(cg)
+    {
+        tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
+    }
+}
+
+impl Runtime {
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.config.state.join("pods").join(id)
+    }
+
+    fn shim_socket(&self, id: &str) -> PathBuf {
+        // sun_path is 108 bytes: a short name in the state dir.
+        self.config.state.join("s").join(&id[..16])
+    }
+
+    async fn run_pod(
+        self: &Arc<Self>,
+        req: api::RunPodSandboxRequest,
+    ) -> Result<String, RuntimeError> {
+        let c = req.config.unwrap_or_default();
+        let handler = self.handler(&req.runtime_handler)?;
+        let linux = c.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        let ns_opts = sc.namespace_options.clone().unwrap_or_default();
+        if ns_opts
+            .userns_options
+            .as_ref()
+            .is_some_and(|u| u.mode == api::NamespaceMode::Pod as i32)
+        {
+            return Err(RuntimeError::Invalid(
+                "user namespaces are not supported by this node's OCI runtime (runc 1.1 has no idmapped mounts)".into(),
+            ));
+        }
+        let host_net = mode(ns_opts.network) == api::NamespaceMode::Node;
+        let host_ipc = mode(ns_opts.ipc) == api::NamespaceMode::Node;
+        let pid_mode = match mode(ns_opts.pid) {
+            api::NamespaceMode::Node => PidMode::Host,
+            api::NamespaceMode::Container | api::NamespaceMode::Target => PidMode::Container,
+            api::NamespaceMode::Pod => PidMode::Pod,
+        };
+        let sysctls = check_sysctls(&linux.sysctls, !host_net, !host_ipc)?;
+        let id = super::new_id();
+        let key = name_key(&c);
+        self.reserve(POD_NAMES, "pod sandbox", &key, &id)?;
+        let _guard = self.lock(&id).await;
+        let dir = self.pod_dir(&id);
+        let cgroup_parent = if linux.cgroup_parent.is_empty() {
+            format!("/skiff/{id}")
+        } else {
+            linux.cgroup_parent.clone()
+        };
+        let mut rec = PodRecord {
+            id: id.clone(),
+            config: encode(&c),
+            created_at: super::now_ns(),
+            state: PodState::Ready,
+            handler: req.runtime_handler.clone(),
+            dir: dir.clone(),
+            ns: PodNs::default(),
+            pid_mode,
+            shim_socket: self.shim_socket(&id),
+            shim_pid: 0,
+            pause_pid: None,
+            cgroup_parent: cgroup_parent.clone(),
+            pause_cgroup: None,
+            shm: None,
+            name_key: key.clone(),
+        };
+        let made = self
+            .make_pod(&mut rec, &c, host_net, host_ipc, sysctls, &handler)
+            .await;
+        match made {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                release_pod(self, &rec).await;
+                let _ = fs::remove_dir_all(&dir);
+                let _ = self.meta.delete(Table::PODS, &id);
+                self.release(POD_NAMES, &key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn make_pod(
+        &self,
+        rec: &mut PodRecord,
+        c: &api::PodSandboxConfig,
+        host_net: bool,
+        host_ipc: bool,
+        sysctls: Vec<(String, String)>,
+        handler: &crate::config::Handler,
+    ) -> Result<(), RuntimeError> {
+        let dir = rec.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        write_pod_files(&dir, c, host_net)?;
+        let hostname = fs::read_to_string(dir.join("hostname"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let spec = PodNsSpec {
+            net: !host_net,
+            ipc: !host_ipc,
+            uts: !host_net,
+            hostname,
+            sysctls,
+        };
+        let ns_dir = self.config.state.join("ns").join(&rec.id);
+        // Recorded before creation so a failure half way is still cleaned.
+        rec.ns = PodNs {
+            net: spec.net.then(|| ns_dir.join("net")),
+            ipc: spec.ipc.then(|| ns_dir.join("ipc")),
+            uts: spec.uts.then(|| ns_dir.join("uts")),
+        };
+        self.save_pod(rec)?;
+        let made = tokio::task::spawn_blocking({
+            let ns_dir = ns_dir.clone();
+            move || sys::create_pod_namespaces(&ns_dir, &spec)
+        })
+        .await
+        .map_err(|e| RuntimeError::Invalid(format!("namespace task: {e}")))??;
+        rec.ns = made;
+        if !host_ipc {
+            let shm = dir.join("shm");
+            rec.shm = Some(shm.clone());
+            sys::mount_shm(&shm)?;
+        }
+        let (pause, procs) = if rec.pid_mode == PidMode::Pod {
+            let cg = format!("{}/{}", rec.cgroup_parent.trim_end_matches('/'), rec.id);
+            rec.pause_cgroup = Some(cg.clone());
+            self.cgroups.create(&cg)?;
+            (
+                Some(self.pause_binary.clone()),
+                self.cgroups.procs_files(&cg),
+            )
+        } else {
+            (None, Vec::new())
+        };
+        self.save_pod(rec)?;
+        let started = shim::start(&shim::ShimStart {
+            binary: self.shim_binary.clone(),
+            opts: skiff_shim::server::Options {
+                pod_id: rec.id.clone(),
+                socket: rec.shim_socket.clone(),
+                dir: dir.clone(),
+                runtime: handler.binary.clone(),
+                runtime_root: handler.root.clone(),
+                pause,
+                pause_procs: procs,
+            },
+        })
+        .await?;
+        rec.shim_pid = started.pid;
+        rec.pause_pid = started.pause_pid;
+        if rec.pid_mode == PidMode::Pod && rec.pause_pid.is_none() {
+            return Err(RuntimeError::ShimStart {
+                pod: rec.id.clone(),
+                reason: "the pause process did not start".into(),
+            });
+        }
+        self.save_pod(rec)?;
+        Ok(())
+    }
+
+    /// Stop every container of the pod, shut its shim down and release its
+    /// namespaces. Idempotent.
+    pub(super) async fn stop_pod(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let Some(p) = self.pod(id)? else {
+            return Ok(());
+        };
+        let _guard = self.lock(&p.id).await;
+        let Some(mut p) = self.pod(&p.id)? else {
+            return Ok(());
+        };
+        let containers: Vec<_> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == p.id)
+            .collect();
+        for c in containers {
+            if c.state != CtrState::Exited
+                && let Err(e) = self.stop_container_inner(&c.id, 0).await
+            {
+                tracing::warn!(pod_id = %p.id, container_id = %c.id, error = %e, "stop container with its pod");
+            }
+        }
+        if p.state == PodState::Ready {
+            release_pod(self, &p).await;
+            // Containers the shim deleted are no longer running; record that.
+            for mut c in self.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
+                if c.state != CtrState::Exited {
+                    self.settle_exit(&mut c, None);
+                    self.save_container(&c)?;
+                }
+            }
+            p.state = PodState::NotReady;
+            self.save_pod(&p)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_pod(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let Some(p) = self.pod(id)? else {
+            return Ok(());
+        };
+        self.stop_pod(&p.id).await?;
+        let containers: Vec<_> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == p.id)
+            .collect();
+        for c in containers {
+            self.remove_container_inner(&c.id).await?;
+        }
+        let _guard = self.lock(&p.id).await;
+        let _ = fs::remove_dir_all(&p.dir);
+        let ns_dir = self.config.state.join("ns").join(&p.id);
+        let _ = fs::remove_dir(&ns_dir);
+        if p.cgroup_parent == format!("/skiff/{}", p.id)
+            && let Err(e) = self.cgroups.remove(&p.cgroup_parent)
+        {
+            tracing::warn!(pod_id = %p.id, error = %e, "remove pod cgroup");
+        }
+        self.meta.delete(Table::PODS, &p.id)?;
+        self.release(POD_NAMES, &p.name_key);
+        Ok(())
+    }
+
+    pub(super) fn pod_status(&self, p: &PodRecord) -> api::PodSandboxStatus {
+        let c = pod_config(p);
+        let ns_opts = c
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        api::PodSandboxStatus {
+            id: p.id.clone(),
+            metadata: c.metadata.clone(),
+            state: match p.state {
+                PodState::Ready => api::PodSandboxState::SandboxReady as i32,
+                PodState::NotReady => api::PodSandboxState::SandboxNotready as i32,
+            },
+            created_at: p.created_at,
+            network: Some(api::PodSandboxNetworkStatus::default()),
+            linux: Some(api::LinuxPodSandboxStatus {
+                namespaces: Some(api::Namespace {
+                    options: Some(ns_opts),
+                }),
+            }),
+            labels: c.labels.clone(),
+            annotations: c.annotations.clone(),
+            runtime_handler: p.handler.clone(),
+        }
+    }
+
+    fn pod_info(&self, p: &PodRecord) -> HashMap<String, String> {
+        let info = serde_json::json!({
+            "pid": p.pause_pid.unwrap_or(0),
+            "shimPid": p.shim_pid,
+            "shimSocket": p.shim_socket,
+            "pidMode": format!("{:?}", p.pid_mode),
+            "namespaces": p.ns,
+            "cgroupParent": p.cgroup_parent,
+            "runtimeHandler": p.handler,
+            "stateDir": p.dir,
+        });
+        HashMap::from([("info".to_string(), info.to_string())])
+    }
+}
+
+/// The shim is gone: its containers' processes (re-parented to init) and the pause
+/// process are killed through the runtime and the pod's cgroups, so nothing runs on
+/// unaccounted.
+async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
+    let handler = rt.handler(&p.handler).ok();
+    for c in rt
+        .containers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.pod_id == p.id)
+    {
+        if let Some(h) = &handler {
+            let out = tokio::process::Command::new(&h.binary)
+                .arg("--root")
+                .arg(&h.root)
+                .args(["delete", "--force", &c.id])
+                .output()
+                .await;
+            if let Ok(o) = out
+                && !o.status.success()
+            {
+                tracing::debug!(container_id = %c.id, stderr = %String::from_utf8_lossy(&o.stderr), "runtime delete of an orphan");
+            }
+        }
+        kill_cgroup(rt, &c.cgroups_path);
+    }
+    if let Some(cg) = &p.pause_cgroup {
+        kill_cgroup(rt, cg);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for c in rt
+        .containers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.pod_id == p.id)
+    {
+        if let Err(e) = rt.cgroups.remove(&c.cgroups_path) {
+            tracing::warn!(container_id = %c.id, error = %e, "remove an orphan's cgroup");
+        }
+    }
+}
+
+fn kill_cgroup(rt: &Runtime, path: &str) {
+    for pid in rt.cgroups.pids(path) {
+        if let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Reconnect after a restart: pods whose shim is gone lose their running containers
+/// (reported exited, reason `Unknown`), and their host resources are released.
+pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
+    for p in rt.pods()? {
+        if p.state != PodState::Ready {
+            continue;
+        }
+        let alive = shim::call(
+            &p.id,
+            &p.shim_socket,
+            &Request::Ping,
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .is_ok();
+        if alive {
+            for c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
+                if c.state == CtrState::Running {
+                    rt.watch(&c);
+                }
+            }
+            continue;
+        }
+        tracing::warn!(pod_id = %p.id, "the pod's shim is gone; its containers are reported exited");
+        kill_orphans(rt, &p).await;
+        for mut c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
+            if c.state != CtrState::Exited {
+                rt.settle_exit(
+                    &mut c,
+                    Some("the pod's shim died; the container's processes were lost"),
+                );
+                rt.save_container(&c)?;
+            }
+        }
+        release_pod(rt, &p).await;
+        let mut p = p;
+        p.state = PodState::NotReady;
+        rt.save_pod(&p)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl PodPort for Service {
+    async fn run(&self, req: api::RunPodSandboxRequest) -> PortResult<api::RunPodSandboxResponse> {
+        let id = self.0.run_pod(req).await?;
+        Ok(api::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    async fn stop(
+        &self,
+        req: api::StopPodSandboxRequest,
+    ) -> PortResult<api::StopPodSandboxResponse> {
+        self.0.stop_pod(&req.pod_sandbox_id).await?;
+        Ok(api::StopPodSandboxResponse {})
+    }
+
+    async fn remove(
+        &self,
+        req: api::RemovePodSandboxRequest,
+    ) -> PortResult<api::RemovePodSandboxResponse> {
+        self.0.remove_pod(&req.pod_sandbox_id).await?;
+        Ok(api::RemovePodSandboxResponse {})
+    }
+
+    async fn status(
+        &self,
+        req: api::PodSandboxStatusRequest,
+    ) -> PortResult<api::PodSandboxStatusResponse> {
+        let rt = &self.0;
+        let p = rt.must_pod(&req.pod_sandbox_id)?;
+        let containers_statuses = rt
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == p.id)
+            .map(|mut c| {
+                rt.refresh(&mut c);
+                rt.container_status(&c)
+            })
+            .collect();
+        Ok(api::PodSandboxStatusResponse {
+            status: Some(rt.pod_status(&p)),
+            info: if req.verbose {
+                rt.pod_info(&p)
+            } else {
+                HashMap::new()
+            },
+            containers_statuses,
+            timestamp: super::now_ns(),
+        })
+    }
+
+    async fn list(
+        &self,
+        req: api::ListPodSandboxRequest,
+    ) -> PortResult<api::ListPodSandboxResponse> {
+        let rt = &self.0;
+        let f = req.filter.unwrap_or_default();
+        let mut items: Vec<api::PodSandbox> = rt
+            .pods()?
+            .into_iter()
+            .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
+            .map(|p| {
+                let s = rt.pod_status(&p);
+                api::PodSandbox {
+                    id: s.id,
+                    metadata: s.metadata,
+                    state: s.state,
+                    created_at: s.created_at,
+                    labels: s.labels,
+                    annotations: s.annotations,
+                    runtime_handler: s.runtime_handler,
+                }
+            })
+            .filter(|p| f.state.as_ref().is_none_or(|s| s.state == p.state))
+            .filter(|p| labels_match(&p.labels, &f.label_selector))
+            .collect();
+        items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        Ok(api::ListPodSandboxResponse { items })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_must_be_namespaced_to_the_pod() {
+        let m = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        assert_eq!(check_sysctls(&m, true, true).unwrap().len(), 1);
+        assert!(check_sysctls(&m, false, true).is_err());
+        let m = HashMap::from([("kernel.shmmax".to_string(), "1".to_string())]);
+        assert!(check_sysctls(&m, true, true).is_ok());
+        assert!(check_sysctls(&m, true, false).is_err());
+        let m = HashMap::from([("vm.swappiness".to_string(), "1".to_string())]);
+        assert!(check_sysctls(&m, true, true).is_err());
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let dns = api::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns)).unwrap(),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert!(resolv_conf(Some(&api::DnsConfig::default())).is_none());
+        assert!(resolv_conf(None).is_none());
+    }
+}

@@ -1,0 +1,153 @@
+//! Starting a pod's shim and talking to it (async side of `skiff_shim::protocol`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_shim::protocol::{Answer, Failure, FailureKind, Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::RuntimeError;
+
+/// How long a short shim request may take (the OCI runtime runs inside some).
+pub const SHORT: Duration = Duration::from_secs(60);
+
+/// What the shim needs to start: its binary and its command-line options.
+#[derive(Debug, Clone)]
+pub struct ShimStart {
+    /// The shim binary.
+    pub binary: PathBuf,
+    /// What it is told on its command line.
+    pub opts: skiff_shim::server::Options,
+}
+
+/// A started shim.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    /// The shim's pid.
+    pub pid: u32,
+    /// The pause pid, if one was started.
+    pub pause_pid: Option<u32>,
+}
+
+/// Start a shim and wait until it serves.
+pub async fn start(start: &ShimStart) -> Result<Started, RuntimeError> {
+    let s = &start.opts;
+    let mut cmd = tokio::process::Command::new(&start.binary);
+    cmd.arg("serve")
+        .arg("--pod")
+        .arg(&s.pod_id)
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("--dir")
+        .arg(&s.dir)
+        .arg("--runtime")
+        .arg(&s.runtime)
+        .arg("--runtime-root")
+        .arg(&s.runtime_root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(p) = &s.pause {
+        cmd.arg("--pause").arg(p);
+        for f in &s.pause_procs {
+            cmd.arg("--pause-procs").arg(f);
+        }
+    }
+    let shim_err = |reason: String| RuntimeError::ShimStart {
+        pod: s.pod_id.clone(),
+        reason,
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| shim_err(format!("run {}: {e}", start.binary.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| shim_err("no stdout".into()))?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        let output = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output()).await;
+        let stderr = match &output {
+            Ok(Ok(o)) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            _ => String::new(),
+        };
+        return Err(shim_err(format!("it did not report ready: {stderr}")));
+    }
+    // The started process exits right after forking the shim proper; reap it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    let mut words = line.split_whitespace();
+    let (Some("ready"), Some(pid), Some(pause)) = (words.next(), words.next(), words.next()) else {
+        return Err(shim_err(format!("unexpected output {line:?}")));
+    };
+    let pid = pid
+        .parse()
+        .map_err(|_| shim_err(format!("bad pid in {line:?}")))?;
+    let pause: u32 = pause
+        .parse()
+        .map_err(|_| shim_err(format!("bad pause pid in {line:?}")))?;
+    Ok(Started {
+        pid,
+        pause_pid: (pause != 0).then_some(pause),
+    })
+}
+
+/// Send `req` to the shim at `socket`; `timeout` bounds the whole exchange.
+pub async fn call(
+    pod: &str,
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+) -> Result<Reply, RuntimeError> {
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the shim closed the connection without an answer",
+            ));
+        }
+        serde_json::from_str::<Answer>(&answer).map_err(std::io::Error::other)
+    };
+    let answer = match timeout {
+        Some(t) => tokio::time::timeout(t, exchange)
+            .await
+            .map_err(|_| RuntimeError::Shim {
+                pod: pod.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", t.as_secs()),
+                ),
+            })?,
+        None => exchange.await,
+    };
+    match answer {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(f)) => Err(RuntimeError::ShimFailed(f)),
+        Err(source) => Err(RuntimeError::Shim {
+            pod: pod.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Whether a failure means "the shim does not know it".
+pub fn is_not_found(e: &RuntimeError) -> bool {
+    matches!(
+        e,
+        RuntimeError::ShimFailed(Failure {
+            kind: FailureKind::NotFound,
+            ..
+        })
+    )
+}

@@ -1,0 +1,758 @@
+//! End-to-end: pods and containers through skiffd's CRI socket, with real runc, a real
+//! image from the test registry and the per-pod shim. Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{REGISTRY, RegistryEnv};
+use skiff_cri::api;
+use skiff_cri::client::CriClient;
+use skiff_testkit::image::{Compression, ImageBuilder, busybox_layer};
+
+const IMAGE: &str = "127.0.0.1:5000/test/busybox:pods";
+
+/// skiffd + registry with the busybox test image pulled.
+async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
+    let env = common::start_with_registry(test, "", &[])?;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(Compression::Gzip).unwrap())
+        .cmd(["sh"])
+        .env("FROM_IMAGE", "yes")
+        .build();
+    env.push("test/busybox", "pods", &image);
+    let mut c = env.skiffd.client().await;
+    c.images
+        .pull_image(api::PullImageRequest {
+            image: Some(api::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull test image");
+    Some((env, c))
+}
+
+fn pod_config(name: &str, logs: &Path) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("{name}-uid"),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.display().to_string(),
+        linux: Some(api::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn ctr_config(name: &str, cmd: &[&str]) -> api::ContainerConfig {
+    api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(api::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        envs: vec![api::KeyValue {
+            key: "FROM_CRI".into(),
+            value: "1".into(),
+        }],
+        linux: Some(api::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut CriClient, cfg: &api::PodSandboxConfig) -> String {
+    c.runtime
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    c: &mut CriClient,
+    pod: &str,
+    pod_cfg: &api::PodSandboxConfig,
+    cfg: api::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    c.runtime
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(c: &mut CriClient, id: &str) {
+    c.runtime
+        .start_container(api::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("StartContainer");
+}
+
+async fn status(c: &mut CriClient, id: &str) -> api::ContainerStatus {
+    c.runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status")
+}
+
+async fn exec(
+    c: &mut CriClient,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<api::ExecSyncResponse, tonic::Status> {
+    c.runtime
+        .exec_sync(api::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn wait_state(
+    c: &mut CriClient,
+    id: &str,
+    state: api::ContainerState,
+) -> api::ContainerStatus {
+    let start = Instant::now();
+    loop {
+        let s = status(c, id).await;
+        if s.state == state as i32 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "container {id} never became {state:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_for_log(path: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{needle:?} never reached {}: {text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mount points under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let base = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&base))
+        .collect()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie is not alive for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn shim_pid(state: &Path, pod: &str) -> u32 {
+    std::fs::read_to_string(state.join("pods").join(pod).join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pod_and_container_lifecycle_with_logs_exec_and_cleanup() {
+    let Some((env, mut c)) = setup("pod_and_container_lifecycle_with_logs_exec_and_cleanup").await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("life", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let shim = shim_pid(&env.skiffd.state, &pod);
+    assert!(pid_alive(shim));
+
+    let cfg = ctr_config(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; hostname; echo env=$FROM_IMAGE$FROM_CRI; exec sleep 3600",
+        ],
+    );
+    let ctr = create(&mut c, &pod, &pod_cfg, cfg)
+        .await
+        .expect("CreateContainer");
+    let s = status(&mut c, &ctr).await;
+    assert_eq!(s.state, api::ContainerState::ContainerCreated as i32);
+    assert!(s.created_at > 0 && s.started_at == 0);
+    assert_eq!(s.image_ref, s.image_id);
+    assert!(s.image_ref.starts_with("sha256:"));
+    start(&mut c, &ctr).await;
+    let s = wait_state(&mut c, &ctr, api::ContainerState::ContainerRunning).await;
+    assert!(s.started_at >= s.created_at);
+    assert_eq!(PathBuf::from(&s.log_path), logs.join("main.log"));
+
+    // CRI log format, both streams, the pod's hostname, env from image and CRI.
+    let text = wait_for_log(&logs.join("main.log"), "env=yes1");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stdout F hello")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stderr F oops")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stdout F life-host")),
+        "{text}"
+    );
+    let ts = lines[0].split(' ').next().unwrap();
+    assert!(
+        ts.ends_with('Z') && ts.contains('T') && ts.len() == 30,
+        "{ts}"
+    );
+
+    // ExecSync: output, exit codes, and a timeout that kills the command.
+    let r = exec(
+        &mut c,
+        &ctr,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let started = Instant::now();
+    let e = exec(&mut c, &ctr, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let r = exec(
+        &mut c,
+        &ctr,
+        &["sh", "-c", "ps -o pid,comm | grep -c 'sleep 30' || true"],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "0",
+        "the timed-out exec was not killed"
+    );
+    let e = exec(&mut c, &ctr, &["/no/such/binary"], 0).await;
+    assert!(e.is_err() || e.as_ref().unwrap().exit_code != 0, "{e:?}");
+
+    // Shared PID namespace: PID 1 is skiff-pause.
+    let r = exec(&mut c, &ctr, &["cat", "/proc/1/comm"], 0)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "skiff-pause");
+
+    // Lists and filters.
+    let list = c
+        .runtime
+        .list_containers(api::ListContainersRequest {
+            filter: Some(api::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, ctr);
+    let pods = c
+        .runtime
+        .list_pod_sandbox(api::ListPodSandboxRequest {
+            filter: Some(api::PodSandboxFilter {
+                id: pod[..12].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, api::PodSandboxState::SandboxReady as i32);
+    // A unique prefix names the container.
+    assert_eq!(status(&mut c, &ctr[..10]).await.id, ctr);
+
+    // Verbose info is JSON.
+    let v = c
+        .runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&v.info["info"]).unwrap();
+    assert_eq!(info["sandboxID"], pod.as_str());
+    assert!(info["runtimeSpec"]["process"].is_object());
+    let pv = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pinfo: serde_json::Value = serde_json::from_str(&pv.info["info"]).unwrap();
+    assert!(pinfo["pid"].as_u64().unwrap() > 0);
+    assert_eq!(pv.containers_statuses.len(), 1);
+
+    // Stop: SIGTERM is ignored by `sleep` as PID 1 of nothing… the container's init is
+    // sleep, which dies on SIGTERM; exit code 143.
+    c.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: ctr.clone(),
+            timeout: 5,
+        })
+        .await
+        .unwrap();
+    let s = status(&mut c, &ctr).await;
+    assert_eq!(s.state, api::ContainerState::ContainerExited as i32);
+    assert!(s.finished_at >= s.started_at);
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert_eq!(s.reason, "Error");
+    // Stop again, and of unknown ids: fine.
+    c.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: ctr.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: "nope".into(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_container(api::RemoveContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap();
+    let e = c
+        .runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let e = create(&mut c, &pod, &pod_cfg, ctr_config("late", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+
+    // Nothing left: mounts, ns files, shim, pod dir.
+    let start = Instant::now();
+    while pid_alive(shim) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!pid_alive(shim), "shim {shim} still running");
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+    assert!(!env.skiffd.state.join("pods").join(&pod).exists());
+    assert!(!env.skiffd.state.join("ns").join(&pod).exists());
+    // The log stays for the kubelet to delete.
+    assert!(logs.join("main.log").exists());
+}
+
+#[tokio::test]
+async fn exits_are_reported_with_code_and_reason() {
+    let Some((env, mut c)) = setup("exits_are_reported_with_code_and_reason").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("exits", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let ok = create(&mut c, &pod, &pod_cfg, ctr_config("ok", &["true"]))
+        .await
+        .unwrap();
+    let bad = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("bad", &["sh", "-c", "printf partial; exit 7"]),
+    )
+    .await
+    .unwrap();
+    start(&mut c, &ok).await;
+    start(&mut c, &bad).await;
+    let s = wait_state(&mut c, &ok, api::ContainerState::ContainerExited).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    let s = wait_state(&mut c, &bad, api::ContainerState::ContainerExited).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"));
+    assert!(s.finished_at >= s.started_at && s.started_at > 0);
+    // Output without a final newline is logged as a full line when the stream closes.
+    let text = wait_for_log(&logs.join("bad.log"), "partial");
+    assert!(text.trim_end().ends_with(" stdout F partial"), "{text}");
+
+    // A command missing from the image: a clear error, and the pod stays usable.
+    let missing = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("missing", &["/bin/no-such-command"]),
+    )
+    .await;
+    let err = match missing {
+        Err(e) => e,
+        Ok(id) => c
+            .runtime
+            .start_container(api::StartContainerRequest { container_id: id })
+            .await
+            .unwrap_err(),
+    };
+    assert!(err.message().contains("no-such-command"), "{err:?}");
+    let again = create(&mut c, &pod, &pod_cfg, ctr_config("after", &["true"]))
+        .await
+        .unwrap();
+    start(&mut c, &again).await;
+    wait_state(&mut c, &again, api::ContainerState::ContainerExited).await;
+
+    // Hostile and unknown input.
+    let mut hostile = ctr_config("hostile", &["true"]);
+    hostile.log_path = "../../etc/evil.log".into();
+    let e = create(&mut c, &pod, &pod_cfg, hostile).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = create(&mut c, "no-such-pod", &pod_cfg, ctr_config("x", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = create(&mut c, &pod, &pod_cfg, ctr_config("ok", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let mut huge = ctr_config("huge", &["true"]);
+    huge.envs = (0..2000)
+        .map(|i| api::KeyValue {
+            key: format!("K{i}"),
+            value: "v".repeat(100),
+        })
+        .collect();
+    let id = create(&mut c, &pod, &pod_cfg, huge).await.unwrap();
+    start(&mut c, &id).await;
+    wait_state(&mut c, &id, api::ContainerState::ContainerExited).await;
+    let e = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = c
+        .runtime
+        .start_container(api::StartContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    c.runtime
+        .remove_container(api::RemoveContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: "nope".into(),
+        })
+        .await
+        .unwrap();
+
+    // Stats exist for created and exited containers.
+    let stats = c
+        .runtime
+        .list_container_stats(api::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(stats.len() >= 3);
+
+    // Removing the pod removes its containers.
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    let left = c
+        .runtime
+        .list_containers(api::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn containers_survive_a_skiffd_crash_and_exits_during_the_outage_are_kept() {
+    let Some((mut env, mut c)) =
+        setup("containers_survive_a_skiffd_crash_and_exits_during_the_outage_are_kept").await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("crash", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let long = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config(
+            "long",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    let short = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("short", &["sh", "-c", "sleep 2; exit 5"]),
+    )
+    .await
+    .unwrap();
+    start(&mut c, &long).await;
+    start(&mut c, &short).await;
+    drop(c);
+    env.skiffd.kill();
+    let before = std::fs::read_to_string(logs.join("long.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = std::fs::read_to_string(logs.join("long.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        after > before,
+        "logs must keep flowing while skiffd is down ({before} → {after})"
+    );
+    env.skiffd.restart().unwrap();
+    let mut c = env.skiffd.client().await;
+    let s = status(&mut c, &long).await;
+    assert_eq!(s.state, api::ContainerState::ContainerRunning as i32);
+    let s = status(&mut c, &short).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (api::ContainerState::ContainerExited as i32, 5),
+        "{s:?}"
+    );
+    assert!(s.finished_at > s.started_at + 1_500_000_000, "{s:?}");
+    // The restarted skiffd still drives the old shim, and new pods start.
+    let r = exec(&mut c, &long, &["echo", "still here"], 5)
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"still here\n");
+    let pod2 = run_pod(&mut c, &pod_config("after-crash", &logs)).await;
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod2,
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_killed_shim_is_detected_after_restart() {
+    let Some((mut env, mut c)) = setup("a_killed_shim_is_detected_after_restart").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("shimkill", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let ctr = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("victim", &["sleep", "3600"]),
+    )
+    .await
+    .unwrap();
+    start(&mut c, &ctr).await;
+    drop(c);
+    env.skiffd.kill();
+    let shim = shim_pid(&env.skiffd.state, &pod);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(shim).unwrap()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    env.skiffd.restart().unwrap();
+    let mut c = env.skiffd.client().await;
+    let s = status(&mut c, &ctr).await;
+    assert_eq!(s.state, api::ContainerState::ContainerExited as i32);
+    assert!(s.message.contains("shim"), "{s:?}");
+    let p = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        p.status.unwrap().state,
+        api::PodSandboxState::SandboxNotready as i32
+    );
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    // The orphaned container process was killed with its cgroup by runc delete, or
+    // is at least not mounted anywhere of ours.
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_cli_drives_pods_from_crictl_json() {
+    let Some((env, c)) = setup("the_cli_drives_pods_from_crictl_json").await else {
+        return;
+    };
+    drop(c);
+    let dir = env.skiffd.dir().to_path_buf();
+    let logs = dir.join("cli-logs");
+    std::fs::write(
+        dir.join("pod.json"),
+        format!(r#"{{"metadata": {{"name": "cli", "namespace": "default", "uid": "cli-uid"}}, "log_directory": "{}", "linux": {{}}}}"#, logs.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ctr.json"),
+        format!(r#"{{"metadata": {{"name": "web"}}, "image": {{"image": "{REGISTRY}/test/busybox:pods"}}, "command": ["sh", "-c", "echo from-cli; exec sleep 3600"], "log_path": "web.log", "linux": {{}}}}"#),
+    )
+    .unwrap();
+    let skiff = |args: &[&str]| {
+        let out = std::process::Command::new(common::skiff_bin())
+            .arg("-r")
+            .arg(&env.skiffd.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skiff {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pod_json = dir.join("pod.json").display().to_string();
+    let ctr_json = dir.join("ctr.json").display().to_string();
+    let pod = skiff(&["runp", &pod_json]).trim().to_string();
+    let ctr = skiff(&["create", &pod, &ctr_json, &pod_json])
+        .trim()
+        .to_string();
+    skiff(&["start", &ctr]);
+    assert!(skiff(&["ps", "-q"]).contains(&ctr));
+    assert!(skiff(&["pods"]).contains("cli"));
+    wait_for_log(&logs.join("web.log"), "from-cli");
+    assert_eq!(skiff(&["logs", &ctr]), "from-cli\n");
+    assert_eq!(skiff(&["exec", &ctr, "echo", "hi"]), "hi\n");
+    let inspect: serde_json::Value = serde_json::from_str(&skiff(&["inspect", &ctr])).unwrap();
+    assert_eq!(inspect["status"]["id"], ctr.as_str());
+    let stats: serde_json::Value = serde_json::from_str(&skiff(&["stats", &ctr])).unwrap();
+    assert_eq!(stats.as_array().map(Vec::len), Some(1));
+    skiff(&["stop", "--stop-timeout", "1", &ctr]);
+    skiff(&["rm", &ctr]);
+    skiff(&["stopp", &pod]);
+    skiff(&["rmp", &pod]);
+    assert_eq!(skiff(&["pods", "-q"]).trim(), "");
+}
