@@ -232,6 +232,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             })?;
         let runtime =
             crate::pods::Runtime::new(config.clone(), meta.clone(), images.clone(), shim.clone());
+        let network_problem = runtime.init_network().await;
+        if let Some(p) = &network_problem {
+            tracing::error!(problem = %p, "pod networking is not ready");
+        }
         if let Err(e) = runtime.recover().await {
             tracing::error!(error = %e, "recovering pods and containers");
         }
@@ -240,7 +244,12 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             Arc::new(move |id: &str| rt.containers_using(id))
         };
         let mut ports = skiff_cri::Ports {
-            info: Arc::new(Info::new(config.clone(), meta.clone(), shim)),
+            info: Arc::new(Info::new(
+                config.clone(),
+                meta.clone(),
+                shim,
+                network_problem,
+            )),
             images: Arc::new(ImageService::new(images.clone(), in_use)),
             ..Default::default()
         };

@@ -25,16 +25,23 @@ pub struct Info {
     meta: Arc<MetaStore>,
     shim: PathBuf,
     io_engine: skiff_uring_io::Engine,
+    network_problem: Option<String>,
 }
 
 impl Info {
     /// An info port for a daemon with `config`, whose shim binary is `shim`.
-    pub fn new(config: Arc<Config>, meta: Arc<MetaStore>, shim: PathBuf) -> Info {
+    pub fn new(
+        config: Arc<Config>,
+        meta: Arc<MetaStore>,
+        shim: PathBuf,
+        network_problem: Option<String>,
+    ) -> Info {
         Info {
             config,
             meta,
             shim,
             io_engine: skiff_uring_io::select(),
+            network_problem,
         }
     }
 
@@ -97,11 +104,10 @@ impl InfoPort for Info {
 
     async fn status(&self, req: api::StatusRequest) -> PortResult<api::StatusResponse> {
         let runtime = condition("RuntimeReady", self.runtime_problem(), "RuntimeNotReady");
-        // Pod networking is not built yet: say so rather than claim readiness.
         let network = condition(
             "NetworkReady",
-            Some("skiff's pod networking is not implemented yet".into()),
-            "NetworkNotImplemented",
+            self.network_problem.clone(),
+            "NetworkPluginNotReady",
         );
         let mut handlers = vec![api::RuntimeHandler {
             name: String::new(),

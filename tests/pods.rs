@@ -756,3 +756,150 @@ async fn the_cli_drives_pods_from_crictl_json() {
     skiff(&["rmp", &pod]);
     assert_eq!(skiff(&["pods", "-q"]).trim(), "");
 }
+
+async fn pod_ip(c: &mut CriClient, pod: &str) -> String {
+    c.runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip
+}
+
+/// Links in skiffd's (test) network namespace whose names start with `sk`, except the bridge.
+fn pod_links(env: &RegistryEnv) -> Vec<String> {
+    let out = env
+        .netns
+        .command("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("sk") && n != "skiff0")
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_on_the_bridge_reach_each_other_and_leave_nothing_behind() {
+    let Some((env, mut c)) =
+        setup("pods_on_the_bridge_reach_each_other_and_leave_nothing_behind").await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let (cfg_a, cfg_b) = (pod_config("net-a", &logs), pod_config("net-b", &logs));
+    let a = run_pod(&mut c, &cfg_a).await;
+    let b = run_pod(&mut c, &cfg_b).await;
+    let (ip_a, ip_b) = (pod_ip(&mut c, &a).await, pod_ip(&mut c, &b).await);
+    assert!(
+        ip_a.starts_with("10.88.") && ip_b.starts_with("10.88.") && ip_a != ip_b,
+        "{ip_a} {ip_b}"
+    );
+    let ca = create(&mut c, &a, &cfg_a, ctr_config("a", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    let cb = create(&mut c, &b, &cfg_b, ctr_config("b", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    start(&mut c, &ca).await;
+    start(&mut c, &cb).await;
+    for target in [ip_b.as_str(), "10.88.0.1"] {
+        let r = exec(&mut c, &ca, &["ping", "-c", "1", "-W", "3", target], 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.exit_code,
+            0,
+            "ping {target}: {}",
+            String::from_utf8_lossy(&r.stdout)
+        );
+    }
+    let r = exec(
+        &mut c,
+        &cb,
+        &["sh", "-c", "ip -o -4 addr show eth0; cat /etc/hosts"],
+        10,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains(&format!("{ip_b}/16")), "{text}");
+    assert!(text.contains(&format!("{ip_b}\tnet-b-host")), "{text}");
+    assert_eq!(pod_links(&env).len(), 2);
+    let status = c
+        .runtime
+        .status(api::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let network = status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(network.status, "{network:?}");
+
+    // Stopping releases the address: a new pod gets it again.
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pod_links(&env).len(), 1);
+    let again = run_pod(&mut c, &pod_config("net-c", &logs)).await;
+    assert_eq!(pod_ip(&mut c, &again).await, ip_b);
+    for p in [&a, &b, &again] {
+        c.runtime
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: p.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+
+    // Many pods created and removed leave no link, mount or address behind.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(run_pod(&mut c, &pod_config(&format!("many-{i}"), &logs)).await);
+    }
+    let mut ips: Vec<String> = Vec::new();
+    for id in &ids {
+        ips.push(pod_ip(&mut c, id).await);
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "addresses handed out twice");
+    for id in ids {
+        c.runtime
+            .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    assert_eq!(pod_links(&env), Vec::<String>::new());
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+    assert!(
+        std::fs::read_dir(env.skiffd.state.join("ns"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    let first = run_pod(&mut c, &pod_config("first-again", &logs)).await;
+    assert_eq!(
+        pod_ip(&mut c, &first).await,
+        "10.88.0.2",
+        "released addresses are reused lowest first"
+    );
+}

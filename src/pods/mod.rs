@@ -8,6 +8,7 @@
 
 mod container;
 mod events;
+mod network;
 mod pod;
 pub mod records;
 pub mod shim;
@@ -91,6 +92,9 @@ pub enum RuntimeError {
     /// Namespaces and mounts.
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
+    /// Pod networking.
+    #[error(transparent)]
+    Net(#[from] skiff_net::NetError),
     /// The OCI spec could not be built.
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
@@ -134,6 +138,8 @@ impl Classify for RuntimeError {
                 F::Runtime | F::Internal => ErrorKind::Internal,
             },
             RuntimeError::Sys(e) => e.kind(),
+            RuntimeError::Net(e) if e.is_exhausted() => ErrorKind::ResourceExhausted,
+            RuntimeError::Net(_) => ErrorKind::Internal,
             RuntimeError::Spec(e) => e.kind(),
             RuntimeError::Cgroup(e) => e.kind(),
             RuntimeError::Meta(_) => ErrorKind::Internal,
@@ -170,6 +176,7 @@ pub struct Runtime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: Events,
     cpu: crate::cgroups::CpuRate,
+    net: std::sync::OnceLock<Arc<skiff_net::BridgeNetwork>>,
 }
 
 impl Runtime {
@@ -192,6 +199,7 @@ impl Runtime {
             locks: Mutex::new(HashMap::new()),
             events: Events::new(),
             cpu: crate::cgroups::CpuRate::default(),
+            net: std::sync::OnceLock::new(),
         })
     }
 

@@ -75,6 +75,13 @@ fn resolv_conf(dns: Option<&api::DnsConfig>) -> Option<String> {
     Some(s)
 }
 
+fn spec_hostname(dir: &Path) -> String {
+    fs::read_to_string(dir.join("hostname"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 fn host_hostname() -> String {
     rustix::system::uname()
         .nodename()
@@ -134,6 +141,7 @@ async fn release_pod(rt: &Runtime, p: &PodRecord) {
         }
         let _ = fs::remove_file(&p.shim_socket);
     }
+    rt.teardown_network(p).await;
     sys::release_namespaces(&p.ns);
     if let Some(shm) = &p.shm {
         let _ = sys::unmount(shm);
@@ -207,6 +215,8 @@ impl Runtime {
             pause_cgroup: None,
             shm: None,
             name_key: key.clone(),
+            ip: None,
+            host_veth: None,
         };
         let made = self
             .make_pod(&mut rec, &c, host_net, host_ipc, sysctls, &handler)
@@ -261,6 +271,16 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Invalid(format!("namespace task: {e}")))??;
         rec.ns = made;
+        self.setup_network(rec).await?;
+        if let Some(ip) = rec.ip {
+            let hosts = dir.join("hosts");
+            let line = format!("{ip}\t{}\n", spec_hostname(&dir));
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&hosts)
+                .map_err(io_err("open", &hosts))?;
+            std::io::Write::write_all(&mut f, line.as_bytes()).map_err(io_err("write", &hosts))?;
+        }
         if !host_ipc {
             let shm = dir.join("shm");
             rec.shm = Some(shm.clone());
@@ -383,7 +403,10 @@ impl Runtime {
                 PodState::NotReady => api::PodSandboxState::SandboxNotready as i32,
             },
             created_at: p.created_at,
-            network: Some(api::PodSandboxNetworkStatus::default()),
+            network: Some(api::PodSandboxNetworkStatus {
+                ip: p.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                additional_ips: Vec::new(),
+            }),
             linux: Some(api::LinuxPodSandboxStatus {
                 namespaces: Some(api::Namespace {
                     options: Some(ns_opts),
@@ -502,6 +525,7 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
         p.state = PodState::NotReady;
         rt.save_pod(&p)?;
     }
+    rt.reconcile_network().await?;
     Ok(())
 }
 

@@ -62,6 +62,12 @@ pub struct PodRecord {
     pub shm: Option<PathBuf>,
     /// The name key reserved for it.
     pub name_key: String,
+    /// The pod's IPv4 address, once networked.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The host end of its veth pair.
+    #[serde(default)]
+    pub host_veth: Option<String>,
 }
 
 /// A container's lifecycle: `Created → Running → Exited`; removal deletes the record.
