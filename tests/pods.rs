@@ -903,3 +903,133 @@ async fn pods_on_the_bridge_reach_each_other_and_leave_nothing_behind() {
         "released addresses are reused lowest first"
     );
 }
+
+#[tokio::test]
+async fn reopen_log_and_image_in_use_and_stats() {
+    let Some((env, mut c)) = setup("reopen_log_and_image_in_use_and_stats").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("reopen", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let ctr = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut c, &ctr).await;
+    let log = logs.join("ticker.log");
+    wait_for_log(&log, "line 2");
+    // The kubelet rotates: rename, then ReopenContainerLog; the new file exists when the call returns.
+    std::fs::rename(&log, logs.join("ticker.log.1")).unwrap();
+    c.runtime
+        .reopen_container_log(api::ReopenContainerLogRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        log.exists(),
+        "the new log file must exist when ReopenContainerLog returns"
+    );
+    wait_for_log(&log, "line");
+    let old = std::fs::read_to_string(logs.join("ticker.log.1")).unwrap();
+    assert!(old.contains("line 0"));
+
+    // The image cannot be removed while a container uses it.
+    let e = c
+        .images
+        .remove_image(api::RemoveImageRequest {
+            image: Some(api::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&ctr), "{e:?}");
+
+    // Stats: the running container uses memory and CPU; the pod has stats too.
+    let s = c
+        .runtime
+        .container_stats(api::ContainerStatsRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let mem = s.memory.unwrap();
+    assert!(mem.working_set_bytes.unwrap().value > 0, "{mem:?}");
+    assert!(s.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let ps = c
+        .runtime
+        .pod_sandbox_stats(api::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(ps.linux.unwrap().containers.len(), 1);
+
+    // Events: a subscriber sees a stop and a delete.
+    let mut events = c
+        .runtime
+        .get_container_events(api::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    c.runtime
+        .remove_container(api::RemoveContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.container_id, ctr);
+        kinds.push(ev.container_event_type);
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            api::ContainerEventType::ContainerStoppedEvent as i32,
+            api::ContainerEventType::ContainerDeletedEvent as i32
+        ]
+    );
+    // Now the image can go.
+    c.images
+        .remove_image(api::RemoveImageRequest {
+            image: Some(api::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
