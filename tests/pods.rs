@@ -1033,3 +1033,27 @@ async fn reopen_log_and_image_in_use_and_stats() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn tty_containers_log_their_terminal_output() {
+    let Some((env, mut c)) = setup("tty_containers_log_their_terminal_output").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("tty", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let mut cfg = ctr_config("term", &["sh", "-c", "tty; echo on-a-terminal"]);
+    cfg.tty = true;
+    let ctr = create(&mut c, &pod, &pod_cfg, cfg).await.unwrap();
+    start(&mut c, &ctr).await;
+    let s = wait_state(&mut c, &ctr, api::ContainerState::ContainerExited).await;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    let text = wait_for_log(&logs.join("term.log"), "on-a-terminal");
+    assert!(text.contains(" stdout F /dev/pts/0"), "{text}");
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -259,11 +259,6 @@ impl Runtime {
                 RuntimeError::Invalid(format!("image {image_name}: config is not valid: {e}"))
             })?;
         let log_path = spec::resolve_log_path(&pod_cfg.log_directory, &cfg.log_path)?;
-        if cfg.tty {
-            return Err(RuntimeError::Invalid(
-                "tty containers are not supported by skiff yet".into(),
-            ));
-        }
         let id = super::new_id();
         let key = ctr_name_key(&cfg, &pod_cfg);
         self.reserve(CONTAINER_NAMES, "container", &key, &id)?;
@@ -411,6 +406,7 @@ impl Runtime {
                 bundle: rec.bundle.clone(),
                 log_path: rec.log_path.clone(),
                 stdin: cfg.stdin,
+                tty: cfg.tty,
             },
             Some(shim::SHORT),
         )

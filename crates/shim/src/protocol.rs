@@ -29,6 +29,9 @@ pub enum Request {
         log_path: Option<PathBuf>,
         /// Keep a stdin pipe open.
         stdin: bool,
+        /// Give the container a terminal (the runtime hands the shim the pty master).
+        #[serde(default)]
+        tty: bool,
     },
     /// `runtime start` a created container.
     Start {

@@ -222,6 +222,37 @@ fn read_some(fd: &OwnedFd, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> 
     }
 }
 
+/// Take the pty master the runtime sent over the console socket (SCM_RIGHTS).
+fn receive_console(listener: &UnixListener) -> io::Result<OwnedFd> {
+    listener.set_nonblocking(true)?;
+    let (conn, _) = listener.accept().map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::other("the runtime did not connect to the console socket")
+        } else {
+            e
+        }
+    })?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 256];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    rustix::net::recvmsg(
+        &conn,
+        &mut iov,
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for msg in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(mut fds) = msg
+            && let Some(fd) = fds.next()
+        {
+            rustix::io::ioctl_fionbio(&fd, true)?;
+            return Ok(fd);
+        }
+    }
+    Err(io::Error::other("the runtime sent no pty master"))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -443,7 +474,8 @@ impl Shim {
                 bundle,
                 log_path,
                 stdin,
-            } => self.create(id, bundle, log_path, stdin),
+                tty,
+            } => self.create(id, bundle, log_path, stdin, tty),
             Request::Start { id } => self.start(&id),
             Request::Kill { id, signal, all } => self.kill(&id, signal, all),
             Request::Wait { id } => match self.find(&id) {
@@ -501,6 +533,7 @@ impl Shim {
         bundle: PathBuf,
         log_path: Option<PathBuf>,
         stdin: bool,
+        tty: bool,
     ) -> Answer {
         if self.find(&id).is_some() {
             return fail(
@@ -537,18 +570,56 @@ impl Shim {
         let pid_file = bundle.join("init.pid");
         let rt_log = bundle.join("runtime.log");
         let _ = fs::remove_file(&rt_log);
-        let status = self
-            .runtime(&rt_log)
-            .arg("create")
+        // A tty container's runtime sends the pty master over a console socket (short
+        // path next to the shim's own socket: sun_path is 108 bytes).
+        let console = if tty {
+            let path = self
+                .opts
+                .socket
+                .with_file_name(format!("{}.tty", &id[..id.len().min(12)]));
+            let _ = fs::remove_file(&path);
+            match UnixListener::bind(&path) {
+                Ok(l) => Some((l, path)),
+                Err(e) => return io_fail("console socket", e),
+            }
+        } else {
+            None
+        };
+        let mut cmd = self.runtime(&rt_log);
+        cmd.arg("create")
             .arg("--bundle")
             .arg(&bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&id)
-            .stdin(stdin_child)
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .status();
+            .arg(&pid_file);
+        if let Some((_, path)) = &console {
+            cmd.arg("--console-socket").arg(path);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(err_w));
+        } else {
+            cmd.stdin(stdin_child)
+                .stdout(Stdio::from(out_w))
+                .stderr(Stdio::from(err_w));
+        }
+        let status = cmd.arg(&id).status();
+        let master = match (&console, &status) {
+            (Some((listener, path)), Ok(s)) if s.success() => {
+                let got = receive_console(listener);
+                let _ = fs::remove_file(path);
+                match got {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        let _ = self.runtime_call(&bundle, &["delete", "--force", &id]);
+                        return io_fail("receive the console from the runtime", e);
+                    }
+                }
+            }
+            (Some((_, path)), _) => {
+                let _ = fs::remove_file(path);
+                None
+            }
+            _ => None,
+        };
         match status {
             Err(e) => return io_fail(&format!("run {}", self.opts.runtime.display()), e),
             Ok(s) if !s.success() => {
@@ -586,8 +657,8 @@ impl Shim {
             exit: None,
             log_path,
             log,
-            stdout: Some(out_r),
-            stderr: Some(err_r),
+            stdout: Some(master.unwrap_or(out_r)),
+            stderr: if tty { None } else { Some(err_r) },
             _stdin: stdin_keep,
             split_out: LineSplitter::new(Stream::Stdout, MAX_LINE),
             split_err: LineSplitter::new(Stream::Stderr, MAX_LINE),
