@@ -95,6 +95,9 @@ pub enum RuntimeError {
     /// Pod networking.
     #[error(transparent)]
     Net(#[from] skiff_net::NetError),
+    /// Masquerade and hostPorts (nftables).
+    #[error(transparent)]
+    Nft(#[from] skiff_net::nft::NftError),
     /// The OCI spec could not be built.
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
@@ -140,6 +143,8 @@ impl Classify for RuntimeError {
             RuntimeError::Sys(e) => e.kind(),
             RuntimeError::Net(e) if e.is_exhausted() => ErrorKind::ResourceExhausted,
             RuntimeError::Net(_) => ErrorKind::Internal,
+            RuntimeError::Nft(e) if e.is_invalid() => ErrorKind::InvalidArgument,
+            RuntimeError::Nft(_) => ErrorKind::Internal,
             RuntimeError::Spec(e) => e.kind(),
             RuntimeError::Cgroup(e) => e.kind(),
             RuntimeError::Meta(_) => ErrorKind::Internal,
@@ -176,7 +181,7 @@ pub struct Runtime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: Events,
     cpu: crate::cgroups::CpuRate,
-    net: std::sync::OnceLock<Arc<skiff_net::BridgeNetwork>>,
+    net: std::sync::OnceLock<Arc<network::PodNetwork>>,
 }
 
 impl Runtime {

@@ -16,6 +16,8 @@ use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+pub mod nft;
+
 /// Errors of pod networking.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
