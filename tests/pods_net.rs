@@ -374,6 +374,29 @@ async fn host_ports_and_masquerade_work_and_survive_a_restart() {
         String::from_utf8_lossy(&r.stderr)
     );
 
+    // Hairpin: the pod reaches its own hostPort through the node.
+    let r = exec(
+        &mut c,
+        &web,
+        &[
+            "timeout",
+            "8",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://10.88.0.1:18080/index.html",
+        ],
+        10,
+    )
+    .await;
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned()),
+        (0, "hello from the pod\n".to_string()),
+        "hairpin: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
     // (3) Outbound: the other host sees the node's address, not the pod's.
     async fn pod_to_outside(
         outside: &Outside,

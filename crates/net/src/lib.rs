@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 pub mod nft;
@@ -280,6 +281,20 @@ impl BridgeNetwork {
             .execute()
             .await
             .map_err(nl(format!("attach {host} to {}", self.cfg.bridge)))?;
+        // Hairpin: a pod's packet to its own hostPort is DNATed back out of the port
+        // it came in on (with br_netfilter), which a bridge port refuses by default.
+        h.link()
+            .set_port(
+                LinkUnspec::new_with_index(host_index)
+                    .set_port_kind(InfoPortKind::Bridge)
+                    .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                        true,
+                    )]))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("hairpin mode on {host}")))?;
         let gateway = self.cfg.gateway()?;
         let prefix = self.cfg.cidr.prefix_len();
         let peer = peer.to_string();
