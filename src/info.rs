@@ -26,6 +26,7 @@ pub struct Info {
     shim: PathBuf,
     io_engine: skiff_uring_io::Engine,
     network_problem: Option<String>,
+    features: std::collections::BTreeMap<String, HandlerFeatures>,
 }
 
 impl Info {
@@ -36,12 +37,34 @@ impl Info {
         shim: PathBuf,
         network_problem: Option<String>,
     ) -> Info {
+        let features = config
+            .handlers
+            .iter()
+            .map(|(name, h)| (name.clone(), probe_features(&h.binary)))
+            .collect();
         Info {
             config,
             meta,
             shim,
             io_engine: skiff_uring_io::select(),
             network_problem,
+            features,
+        }
+    }
+
+    fn handler_features(&self, name: &str) -> api::RuntimeHandlerFeatures {
+        let key = if name.is_empty() {
+            self.config.default_handler.as_str()
+        } else {
+            name
+        };
+        api::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: self
+                .features
+                .get(key)
+                .is_some_and(|f| f.recursive_read_only),
+            // Debian's runc 1.1.5 has no idmapped mounts, so no user namespaces.
+            user_namespaces: false,
         }
     }
 
@@ -59,6 +82,35 @@ impl Info {
             return Some(format!("skiff-shim is missing at {}", self.shim.display()));
         }
         None
+    }
+}
+
+/// What an OCI runtime says it supports (`<runtime> features`, runc ≥ 1.1 and crun ≥ 1.8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandlerFeatures {
+    /// The `rro` mount option (recursive read-only, needs mount_setattr).
+    pub recursive_read_only: bool,
+}
+
+/// Ask `binary features` (a missing binary or an old runtime supports nothing extra).
+pub fn probe_features(binary: &Path) -> HandlerFeatures {
+    let Some(path) = find_executable(binary) else {
+        return HandlerFeatures::default();
+    };
+    let out = std::process::Command::new(path)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else {
+        return HandlerFeatures::default();
+    };
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let rro = doc["mountOptions"]
+        .as_array()
+        .is_some_and(|opts| opts.iter().any(|o| o == "rro"));
+    HandlerFeatures {
+        recursive_read_only: out.status.success() && rro,
     }
 }
 
@@ -111,11 +163,11 @@ impl InfoPort for Info {
         );
         let mut handlers = vec![api::RuntimeHandler {
             name: String::new(),
-            features: Some(api::RuntimeHandlerFeatures::default()),
+            features: Some(self.handler_features("")),
         }];
         handlers.extend(self.config.handlers.keys().map(|name| api::RuntimeHandler {
             name: name.clone(),
-            features: Some(api::RuntimeHandlerFeatures::default()),
+            features: Some(self.handler_features(name)),
         }));
         let mut info = HashMap::new();
         if req.verbose {
@@ -140,7 +192,8 @@ impl InfoPort for Info {
             info,
             runtime_handlers: handlers,
             features: Some(api::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // The spec generator honours SupplementalGroupsPolicy Strict.
+                supplemental_groups_policy: true,
             }),
         })
     }

@@ -49,6 +49,21 @@ async fn version_status_and_runtime_config() {
         "default handler listed"
     );
     assert!(s.runtime_handlers.iter().any(|h| h.name == "runc"));
+    // Features come from `runc features` (runc 1.1 lists `rro`); no user namespaces with runc 1.1.
+    let runc_features = std::process::Command::new("runc")
+        .arg("features")
+        .output()
+        .unwrap();
+    let rro = String::from_utf8_lossy(&runc_features.stdout).contains("\"rro\"");
+    let runc = s
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name == "runc")
+        .unwrap();
+    let f = runc.features.unwrap();
+    assert_eq!(f.recursive_read_only_mounts, rro);
+    assert!(!f.user_namespaces);
+    assert!(s.features.unwrap().supplemental_groups_policy);
     for value in s.info.values() {
         serde_json::from_str::<serde_json::Value>(value).expect("verbose info values are JSON");
     }

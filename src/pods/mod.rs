@@ -195,7 +195,12 @@ impl Runtime {
         let pause_binary = shim.with_file_name("skiff-pause");
         Arc::new(Runtime {
             cgroups: Cgroups::new(config.cgroup_mode),
-            host: HostInfo::detect(),
+            host: HostInfo {
+                rro_supported: config
+                    .handler("")
+                    .is_some_and(|h| crate::info::probe_features(&h.binary).recursive_read_only),
+                ..HostInfo::detect()
+            },
             config,
             meta,
             images,

@@ -175,6 +175,7 @@ mod tests {
     fn detect_reads_this_host() {
         let host = HostInfo::detect();
         assert!((-1000..=1000).contains(&host.min_oom_score_adj));
+        // Set by the daemon from `runtime features`, not by detect().
         assert!(!host.rro_supported);
     }
 }
