@@ -50,6 +50,15 @@ pub struct Running {
     pub cri: Cri,
     /// Its `--root` / `root`.
     pub root: PathBuf,
+    /// The directory on the tmpfs holding its root, state, socket and logs;
+    /// its shims name paths under it on their command lines.
+    pub dir: PathBuf,
+    /// Its CRI socket.
+    pub socket: PathBuf,
+    /// The cgroup the harness puts this system's pods under (each pod gets
+    /// `<cgroup_parent>/<pod name>` as its CRI cgroup parent, as the kubelet
+    /// gives each pod its own).
+    pub cgroup_parent: String,
     /// `runtime_name runtime_version` from CRI `Version`.
     pub cri_version: String,
     /// VmRSS right after start-up, KiB.
@@ -110,6 +119,9 @@ pub struct Harness {
     pub skiff: System,
     /// containerd.
     pub containerd: System,
+    /// Runs after both daemons stopped: kills what they left running, removes the
+    /// pods' cgroups and containerd's host directories.
+    _leftovers: Undo,
     registry: Guarded<Registry>,
     netns: Guarded<NetNs>,
     tmpfs: Tmpfs,
@@ -164,6 +176,39 @@ impl Harness {
             ),
         )?;
 
+        // Shims and containers outlive their daemon; a scenario removes its pods, and this
+        // catches what an error or a crash left: processes naming the tmpfs (a path unique
+        // to this run) on their command line, and their descendants, by PID.
+        // Then the pods' cgroups, which only this run uses, and the directories containerd
+        // 1.6 makes outside its root and state (shim sockets in /run/containerd/s, the CNI
+        // cache in /var/lib/cni) if they were not there before and are empty again.
+        let needle = format!("{}/", base.display());
+        let cgroups = cgroup_root();
+        let host_dirs: Vec<PathBuf> = CONTAINERD_HOST_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|d| !d.exists())
+            .collect();
+        let leftovers = Undo::register(
+            "kill what is left under the tmpfs, remove the run's cgroups",
+            move || {
+                let killed = sys::kill_mentioning(&needle);
+                for (pid, argv) in &killed {
+                    eprintln!("skiff-perf: killed leftover pid {pid}: {argv}");
+                }
+                if !killed.is_empty() {
+                    // Let the kernel release their mounts and cgroups.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                for dir in sys::remove_cgroup_tree(&cgroups) {
+                    eprintln!("skiff-perf: could not remove cgroup {}", dir.display());
+                }
+                for dir in &host_dirs {
+                    sys::remove_empty_dirs(dir);
+                }
+            },
+        );
+
         let mut h = Harness {
             skiff: System {
                 kind: Kind::Skiff,
@@ -173,6 +218,7 @@ impl Harness {
                 kind: Kind::Containerd,
                 state: Err("not started".into()),
             },
+            _leftovers: leftovers,
             registry,
             netns,
             tmpfs,
@@ -267,6 +313,10 @@ impl Harness {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("runc");
+        let cni_conflist = cni.join("10-skiff-perf.conflist");
+        std::fs::write(&cni_conflist, cni_config(&dir.join("cni/ipam")))
+            .map_err(|e| format!("writing {}: {e}", cni_conflist.display()))?;
+        let runc_root = state.join("runc");
         let config = containerd_config(&ContainerdPaths {
             root: &root,
             state: &state,
@@ -274,6 +324,7 @@ impl Harness {
             cni_conf: &cni,
             hosts: &self.hosts_dir,
             runc,
+            runc_root: &runc_root,
         });
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)
@@ -287,7 +338,7 @@ impl Harness {
             Duration::from_secs(10),
         )
         .map_err(|e| format!("{e:#}"))?;
-        wait_ready(daemon, &socket, root)
+        wait_ready(daemon, socket, root, dir, Kind::Containerd)
     }
 
     fn start_skiffd(&self, opts: &Options) -> Result<Running, String> {
@@ -332,21 +383,30 @@ impl Harness {
             Duration::from_secs(10),
         )
         .map_err(|e| format!("{e:#}"))?;
-        wait_ready(daemon, &socket, root)
+        wait_ready(daemon, socket, root, dir, Kind::Skiff)
     }
 }
 
 /// Polls `socket` with CRI `Version` until it answers, the daemon exits, or
 /// [`READY_LIMIT`] passes.
-fn wait_ready(daemon: Daemon, socket: &Path, root: PathBuf) -> Result<Running, String> {
+fn wait_ready(
+    daemon: Daemon,
+    socket: PathBuf,
+    root: PathBuf,
+    dir: PathBuf,
+    kind: Kind,
+) -> Result<Running, String> {
     let start = Instant::now();
     loop {
         let last = if socket.exists() {
-            match Cri::connect(socket) {
+            match Cri::connect(&socket) {
                 Ok((cri, v)) => {
                     return Ok(Running {
                         cri,
                         root,
+                        dir,
+                        socket,
+                        cgroup_parent: format!("{}/{}", cgroup_root(), kind.label()),
                         cri_version: format!("{} {}", v.runtime_name, v.runtime_version),
                         idle_rss_kib: sys::status_kib(daemon.pid(), "VmRSS"),
                         daemon,
@@ -375,6 +435,14 @@ fn wait_ready(daemon: Daemon, socket: &Path, root: PathBuf) -> Result<Running, S
     }
 }
 
+/// Host directories containerd 1.6 creates whatever its root and state are.
+const CONTAINERD_HOST_DIRS: [&str; 2] = ["/run/containerd", "/var/lib/cni"];
+
+/// The cgroup (in every hierarchy) all of this run's pods go under.
+pub fn cgroup_root() -> String {
+    format!("/skiff-perf-{}", std::process::id())
+}
+
 /// Paths that go into containerd's config.
 #[derive(Debug)]
 pub struct ContainerdPaths<'a> {
@@ -384,17 +452,55 @@ pub struct ContainerdPaths<'a> {
     pub state: &'a Path,
     /// `grpc.address`.
     pub socket: &'a Path,
-    /// The CRI plugin's CNI conf dir (left empty: no pod networking yet).
+    /// The CRI plugin's CNI conf dir (holds [`cni_config`]).
     pub cni_conf: &'a Path,
     /// The registry hosts dir.
     pub hosts: &'a Path,
     /// The runc binary.
     pub runc: &'a str,
+    /// runc's `--root` (its state), on the tmpfs rather than `/run/containerd/runc`.
+    pub runc_root: &'a Path,
+}
+
+/// The subnet containerd's pods get addresses from (inside the harness's namespace).
+pub const POD_SUBNET: &str = "10.99.0.0/16";
+/// The bridge the CNI plugin creates in the harness's namespace.
+pub const POD_BRIDGE: &str = "cni-perf0";
+
+/// The CNI network containerd's pods join: Debian's bridge plugin (`isGateway`,
+/// no masquerading: nothing touches iptables) with host-local IPAM keeping its
+/// state in `ipam_dir` on the tmpfs, then loopback. It lives in the harness's
+/// network namespace, as containerd does.
+pub fn cni_config(ipam_dir: &Path) -> String {
+    format!(
+        r#"{{
+  "cniVersion": "0.4.0",
+  "name": "skiff-perf",
+  "plugins": [
+    {{
+      "type": "bridge",
+      "bridge": "{POD_BRIDGE}",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {{
+        "type": "host-local",
+        "ranges": [[{{ "subnet": "{POD_SUBNET}" }}]],
+        "routes": [{{ "dst": "0.0.0.0/0" }}],
+        "dataDir": "{ipam}"
+      }}
+    }},
+    {{ "type": "loopback" }}
+  ]
+}}
+"#,
+        ipam = ipam_dir.display()
+    )
 }
 
 /// containerd 1.6's config (version 2) for the anchor: its own root, state
 /// and sockets; only the overlayfs snapshotter; CRI with runc (cgroupfs
-/// driver), the harness's sandbox image and registry hosts dir.
+/// driver, state on the tmpfs), oom_score_adj restricted to what the host
+/// allows, the harness's sandbox image, CNI config and registry hosts dir.
 pub fn containerd_config(p: &ContainerdPaths<'_>) -> String {
     let mut s = String::new();
     let _ = write!(
@@ -428,6 +534,9 @@ disabled_plugins = [
   sandbox_image = "{sandbox}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # Without CAP_SYS_RESOURCE (as here) runc cannot lower oom_score_adj to the sandbox's
+  # -998: keep it at or above containerd's own, as skiff clamps it.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -435,6 +544,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{runc}"
+        Root = "{runc_root}"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
@@ -447,6 +557,7 @@ disabled_plugins = [
         socket = p.socket.display(),
         sandbox = Harness::reference(SANDBOX_REPO, "latest"),
         runc = p.runc,
+        runc_root = p.runc_root.display(),
         cni = p.cni_conf.display(),
         hosts = p.hosts.display(),
     );
@@ -505,6 +616,7 @@ mod tests {
             cni_conf: Path::new("/t/cni"),
             hosts: Path::new("/t/certs.d"),
             runc: "/usr/sbin/runc",
+            runc_root: Path::new("/t/state/runc"),
         });
         let v: toml::Value = toml::from_str(&c).unwrap();
         assert_eq!(v["version"].as_integer(), Some(2));
@@ -518,6 +630,29 @@ mod tests {
         assert!(c.contains("address = \"/t/c.sock\""));
         assert!(c.contains("config_path = \"/t/certs.d\""));
         assert!(c.contains("SystemdCgroup = false"));
+        assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
         assert!(c.contains("sandbox_image = \"127.0.0.1:5000/skiff-perf/pause:latest\""));
+        assert_eq!(
+            cri["containerd"]["runtimes"]["runc"]["options"]["Root"].as_str(),
+            Some("/t/state/runc")
+        );
+    }
+
+    #[test]
+    fn cni_config_is_a_bridge_and_loopback_list() {
+        let c = cni_config(Path::new("/t/cni/ipam"));
+        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["plugins"][0]["type"], "bridge");
+        assert_eq!(v["plugins"][0]["bridge"], POD_BRIDGE);
+        assert_eq!(v["plugins"][0]["isGateway"], true);
+        assert_eq!(v["plugins"][0]["ipMasq"], false);
+        assert_eq!(v["plugins"][0]["ipam"]["type"], "host-local");
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            POD_SUBNET
+        );
+        assert_eq!(v["plugins"][0]["ipam"]["dataDir"], "/t/cni/ipam");
+        assert_eq!(v["plugins"][1]["type"], "loopback");
     }
 }

@@ -23,7 +23,7 @@ use clap::Parser;
 use harness::{Harness, Kind, Options};
 use machine::Machine;
 use report::{DaemonLine, Report, Stamp};
-use scenario::{Outcome, Scenario, pull};
+use scenario::{Outcome, Scenario, density, podstart, pull};
 
 /// skiff against containerd, side by side over CRI.
 #[derive(Debug, Parser)]
@@ -61,6 +61,21 @@ struct Args {
     /// pull: MiB per big file.
     #[arg(long)]
     big_mib: Option<u64>,
+    /// podstart: pods started one at a time per system (default 30, quick 3).
+    #[arg(long)]
+    starts: Option<usize>,
+    /// podstart: pods per concurrent batch (default 10, quick 2).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// podstart: concurrent batches per system (default 2, quick 1).
+    #[arg(long)]
+    batches: Option<usize>,
+    /// density: pods started on each system (default 100, quick 5).
+    #[arg(long)]
+    pods: Option<usize>,
+    /// density: seconds the pods sit idle while CPU is measured (default 10, quick 1).
+    #[arg(long)]
+    idle_secs: Option<u64>,
 }
 
 fn scenarios_help() -> String {
@@ -123,6 +138,32 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.big_mib {
         sizes.big_size = v << 20;
     }
+    let mut pod_sizes = if args.quick {
+        podstart::Sizes::QUICK
+    } else {
+        podstart::Sizes::FULL
+    };
+    if let Some(v) = args.starts {
+        pod_sizes.starts = v.max(1);
+    }
+    if let Some(v) = args.batch {
+        pod_sizes.batch = v.max(1);
+    }
+    if let Some(v) = args.batches {
+        pod_sizes.batches = v;
+    }
+    let mut density_sizes = if args.quick {
+        density::Sizes::QUICK
+    } else {
+        density::Sizes::FULL
+    };
+    if let Some(v) = args.pods {
+        density_sizes.pods = v.max(1);
+    }
+    if let Some(v) = args.idle_secs {
+        density_sizes.idle = std::time::Duration::from_secs(v);
+    }
+    let quick_word = if args.quick { "quick" } else { "full" };
     let mode = format!(
         "{} mode, {} repetition{}",
         if args.quick { "quick" } else { "full" },
@@ -163,7 +204,21 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             scenario: sc,
             stamp: &stamp,
             command: &command,
-            mode: mode.clone(),
+            mode: match sc {
+                Scenario::PodStart => format!(
+                    "{} mode, {} sequential pods and {} batch{} of {} per system",
+                    quick_word,
+                    pod_sizes.starts,
+                    pod_sizes.batches,
+                    if pod_sizes.batches == 1 { "" } else { "es" },
+                    pod_sizes.batch
+                ),
+                Scenario::Density => format!(
+                    "{} mode, {} pods per system",
+                    quick_word, density_sizes.pods
+                ),
+                _ => mode.clone(),
+            },
             machine: &machine,
             daemons: Vec::new(),
             outcome: None,
@@ -182,21 +237,37 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let cpu0 = cpu_now(h);
             let outcome = match sc {
                 Scenario::Pull => pull::run(h, sizes)?,
+                Scenario::PodStart => podstart::run(h, pod_sizes)?,
+                Scenario::Density => density::run(h, density_sizes)?,
                 _ => Outcome::default(),
             };
             report.daemons = daemon_lines(h, &cpu0);
             report.notes = h.notes.clone();
+            report.notes.extend(outcome.notes.iter().cloned());
             report.notes.push(format!(
                 "load average (1/5/15 min) at the scenario's start: {load0}; at its end: {}; \
                  other work on the machine shows here",
                 loadavg()
             ));
-            if !outcome.plot.is_empty() {
-                let tmp = h.base().join(format!("{}.png", sc.name()));
-                match plot::strip_chart(&tmp, &outcome.plot_title, &outcome.plot) {
-                    Ok(()) => png = Some(tmp),
-                    Err(e) => report.notes.push(format!("no plot: {e:#}")),
-                }
+            let tmp = h.base().join(format!("{}.png", sc.name()));
+            let drawn = if !outcome.plot.is_empty() {
+                Some(plot::strip_chart(&tmp, &outcome.plot_title, &outcome.plot))
+            } else if !outcome.lines.is_empty() {
+                let (x, y) = &outcome.line_axes;
+                Some(plot::line_chart(
+                    &tmp,
+                    &outcome.line_title,
+                    x,
+                    y,
+                    &outcome.lines,
+                ))
+            } else {
+                None
+            };
+            match drawn {
+                Some(Ok(())) => png = Some(tmp),
+                Some(Err(e)) => report.notes.push(format!("no plot: {e:#}")),
+                None => {}
             }
             report.outcome = Some(outcome);
         }

@@ -164,3 +164,90 @@ pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// One line of a [`line_chart`]: a system's figure against an x value.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Whose figure (the colour).
+    pub system: Kind,
+    /// The legend text.
+    pub label: String,
+    /// Drawn thick with big dots when set, thin with small dots otherwise.
+    pub bold: bool,
+    /// (x, y) points, in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws `lines` (linear axes from zero) into a PNG at `path`.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+) -> anyhow::Result<()> {
+    register_font()?;
+    let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
+    let ys = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+    let (Some(x_max), Some(y_max)) = (xs.reduce(f64::max), ys.reduce(f64::max)) else {
+        return Err(anyhow!("no points to plot"));
+    };
+    let (x_max, y_max) = (x_max.max(1.0), y_max.max(1.0) * 1.1);
+
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        // Pod counts are whole: leave fractional ticks unlabelled.
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    for line in lines {
+        let c = color(line.system);
+        let width = if line.bold { 3 } else { 1 };
+        let bold = line.bold;
+        chart
+            .draw_series(LineSeries::new(line.points.clone(), c.stroke_width(width)))
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label(line.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
+            });
+        chart
+            .draw_series(
+                line.points
+                    .iter()
+                    .map(|&p| Circle::new(p, if bold { 5 } else { 3 }, c.filled())),
+            )
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    root.present()
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

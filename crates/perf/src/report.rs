@@ -151,14 +151,20 @@ impl Report<'_> {
         if let Some(o) = &self.outcome {
             s.push_str(&o.body);
             if let Some(p) = plot {
-                let _ = writeln!(s, "\n![{}]({p})", o.plot_title);
+                let title = if o.plot_title.is_empty() {
+                    &o.line_title
+                } else {
+                    &o.plot_title
+                };
+                let _ = writeln!(s, "\n![{title}]({p})");
             }
         }
         let _ = writeln!(
             s,
             "\n## Daemons during this scenario\n\n\
              CPU = utime+stime of the daemon and its reaped children between the scenario's start \
-             and end (for pulls there are no shims). Peak = VmHWM, over the daemon's life.\n\n\
+             and end (shims and containers are not the daemon's: they are not counted here). Peak = \
+             VmHWM, over the daemon's life.\n\n\
              | system | pid | RSS after start MiB | RSS at end MiB | peak RSS MiB | CPU s |\n\
              |---|---:|---:|---:|---:|---:|"
         );

@@ -260,3 +260,246 @@ pub fn tree_bytes(path: &Path, skip: &dyn Fn(&str) -> bool) -> u64 {
     }
     total
 }
+
+/// One process in a `/proc` snapshot.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    /// Its PID.
+    pub pid: u32,
+    /// Its parent's PID.
+    pub ppid: u32,
+    /// `argv`, from `/proc/<pid>/cmdline` (empty for kernel threads and zombies).
+    pub argv: Vec<String>,
+}
+
+impl Proc {
+    /// The file name of `argv[0]` (`containerd-shim-runc-v2`, `skiff-shim`).
+    pub fn program(&self) -> &str {
+        self.argv
+            .first()
+            .map_or("", |a| a.rsplit('/').next().unwrap_or(a))
+    }
+
+    /// Whether any argument contains `needle`.
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.argv.iter().any(|a| a.contains(needle))
+    }
+}
+
+/// Every process visible in `/proc` right now. Processes that exit while
+/// the snapshot is taken are left out.
+pub fn processes() -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) is the second after the parenthesised command.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Proc { pid, ppid, argv });
+    }
+    out
+}
+
+/// `roots` and all their descendants in `procs`, roots first.
+pub fn with_descendants(procs: &[Proc], roots: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = roots.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        for p in procs {
+            if p.ppid == parent && !out.contains(&p.pid) {
+                out.push(p.pid);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Resident and proportional set size of one process, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mem {
+    /// `Rss`.
+    pub rss_kib: u64,
+    /// `Pss`: shared pages divided among the processes that map them.
+    pub pss_kib: u64,
+}
+
+impl std::ops::Add for Mem {
+    type Output = Mem;
+    fn add(self, o: Mem) -> Mem {
+        Mem {
+            rss_kib: self.rss_kib + o.rss_kib,
+            pss_kib: self.pss_kib + o.pss_kib,
+        }
+    }
+}
+
+impl std::iter::Sum for Mem {
+    fn sum<I: Iterator<Item = Mem>>(iter: I) -> Mem {
+        iter.fold(Mem::default(), |a, b| a + b)
+    }
+}
+
+/// `Rss` and `Pss` from `/proc/<pid>/smaps_rollup`; `None` once the process is gone.
+pub fn mem(pid: u32) -> Option<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(name)?.strip_prefix(':')?;
+            v.split_whitespace().next()?.parse::<u64>().ok()
+        })
+    };
+    Some(Mem {
+        rss_kib: field("Rss")?,
+        pss_kib: field("Pss")?,
+    })
+}
+
+/// Mount points (in this mount namespace) at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let base = dir.to_string_lossy();
+    let base = base.trim_end_matches('/');
+    mount_points()
+        .into_iter()
+        .filter(|m| m == base || m.starts_with(&format!("{base}/")))
+        .collect()
+}
+
+/// Every mount point in `/proc/self/mountinfo` (field 5), octal escapes kept.
+pub fn mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// Sends SIGKILL to every process whose arguments mention `needle`, and to
+/// all their descendants; never to this process. Returns what it killed.
+pub fn kill_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let procs = processes();
+    let roots: Vec<u32> = procs
+        .iter()
+        .filter(|p| p.pid != me && p.mentions(needle))
+        .map(|p| p.pid)
+        .collect();
+    let mut killed = Vec::new();
+    for pid in with_descendants(&procs, &roots) {
+        if pid == me {
+            continue;
+        }
+        if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw)
+            && kill_process(p, Signal::KILL).is_ok()
+        {
+            let argv = procs
+                .iter()
+                .find(|q| q.pid == pid)
+                .map(|q| q.argv.join(" "))
+                .unwrap_or_default();
+            killed.push((pid, argv));
+        }
+    }
+    killed
+}
+
+/// Mount points of the cgroup (v1) and cgroup2 hierarchies.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            // Fields after " - " are: fs type, source, super options.
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let point = left.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// Directories strictly below the cgroup `rel` (e.g. `/skiff-perf-1/skiff`)
+/// in every hierarchy, as paths relative to `rel`, deduplicated.
+pub fn cgroups_under(rel: &str) -> Vec<String> {
+    fn walk(dir: &Path, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
+                walk(&e.path(), &name, out);
+                out.insert(name);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for h in cgroup_hierarchies() {
+        walk(&h.join(rel.trim_start_matches('/')), "", &mut out);
+    }
+    out.into_iter().collect()
+}
+
+/// Removes the cgroup `rel` and everything below it, deepest first, in every
+/// hierarchy; a cgroup that still holds a process stays. Returns the
+/// directories that could not be removed.
+pub fn remove_cgroup_tree(rel: &str) -> Vec<PathBuf> {
+    fn rm(dir: &Path, failed: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rm(&e.path(), failed);
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            failed.push(dir.to_path_buf());
+        }
+    }
+    let mut failed = Vec::new();
+    for h in cgroup_hierarchies() {
+        rm(&h.join(rel.trim_start_matches('/')), &mut failed);
+    }
+    failed
+}
+
+/// Removes `dir` and its subdirectories, deepest first, where they are
+/// empty; anything holding a file stays.
+pub fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

@@ -1,8 +1,11 @@
 //! The scenarios `perf/run` knows, implemented or not yet.
 
+pub mod density;
+mod pods;
+pub mod podstart;
 pub mod pull;
 
-use crate::plot::Group;
+use crate::plot::{Group, Line};
 
 /// A scenario name on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,10 +72,8 @@ impl Scenario {
     /// `Some(reason)` while the scenario cannot run yet.
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
-            Scenario::Pull => None,
-            Scenario::PodStart | Scenario::Density | Scenario::Logs | Scenario::Exec => {
-                Some("not implemented yet: needs pods (issue 4)")
-            }
+            Scenario::Pull | Scenario::PodStart | Scenario::Density => None,
+            Scenario::Logs | Scenario::Exec => Some("not implemented yet"),
             Scenario::NetSetup => Some("not implemented yet: needs networking (issue 5)"),
         }
     }
@@ -89,4 +90,26 @@ pub struct Outcome {
     pub plot_title: String,
     /// Errors to list in the report.
     pub errors: Vec<String>,
+    /// Notes on how the scenario ran, for the report's notes.
+    pub notes: Vec<String>,
+    /// Figures against a count to draw as lines, when there are no latency samples.
+    pub lines: Vec<Line>,
+    /// The line chart's title.
+    pub line_title: String,
+    /// The line chart's x and y axis labels.
+    pub line_axes: (String, String),
+}
+
+/// Collapses repeated messages into `message (×n)`.
+pub fn dedup(errors: &[String]) -> Vec<String> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for e in errors {
+        match out.iter_mut().find(|(m, _)| m == e) {
+            Some((_, n)) => *n += 1,
+            None => out.push((e.clone(), 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(m, n)| if n > 1 { format!("{m} (×{n})") } else { m })
+        .collect()
 }

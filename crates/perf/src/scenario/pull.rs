@@ -503,7 +503,7 @@ fn outcome(
                 system: kind,
                 samples: c.pull_ms.clone(),
             });
-            for e in dedup(&c.errors) {
+            for e in super::dedup(&c.errors) {
                 o.errors
                     .push(format!("{} on {}: {e}", kind.label(), img.name));
             }
@@ -511,18 +511,4 @@ fn outcome(
         o.plot.push(group);
     }
     o
-}
-
-/// Collapses repeated messages into `message (×n)`.
-fn dedup(errors: &[String]) -> Vec<String> {
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for e in errors {
-        match out.iter_mut().find(|(m, _)| m == e) {
-            Some((_, n)) => *n += 1,
-            None => out.push((e.clone(), 1)),
-        }
-    }
-    out.into_iter()
-        .map(|(m, n)| if n > 1 { format!("{m} (×{n})") } else { m })
-        .collect()
 }
