@@ -157,6 +157,34 @@ impl Cgroups {
         out
     }
 
+    /// Every mounted hierarchy, for removal: on v1/hybrid also those skiff does not create
+    /// in but the OCI runtime does (`name=systemd`, the hybrid `unified` mount, `net_cls`, …),
+    /// so no parent directory is left behind there.
+    fn all_roots(&self) -> Vec<PathBuf> {
+        if self.is_v2() {
+            return vec![self.base.clone()];
+        }
+        let mut seen: Vec<PathBuf> = Vec::new();
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.base) else {
+            return self.hierarchies().into_iter().map(|h| h.root).collect();
+        };
+        let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for root in names {
+            if !root.is_dir() {
+                continue;
+            }
+            let real = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+            if seen.contains(&real) {
+                continue;
+            }
+            seen.push(real);
+            out.push(root);
+        }
+        out
+    }
+
     /// The directory of `rel` in the v1 hierarchy of `controller`, or in v2.
     fn dir(&self, controller: &str, rel: &Path) -> PathBuf {
         if self.is_v2() {
@@ -226,6 +254,20 @@ impl Cgroups {
             .collect()
     }
 
+    /// Remove `path` in every hierarchy where it is empty (no child cgroups); never waits,
+    /// never touches children. For shared parents such as `/skiff`.
+    pub fn remove_if_empty(&self, path: &str) {
+        let Ok(rel) = relative(path) else {
+            return;
+        };
+        if rel.as_os_str().is_empty() {
+            return;
+        }
+        for root in self.all_roots() {
+            let _ = fs::remove_dir(root.join(&rel));
+        }
+    }
+
     /// Remove `path` from every hierarchy: child cgroups first (only empty directories are
     /// ever removed), a cgroup that is already gone is fine, a busy one is retried for about
     /// half a second. Every hierarchy is tried; the first failure is returned.
@@ -240,8 +282,8 @@ impl Cgroups {
             });
         }
         let mut first = None;
-        for h in self.hierarchies() {
-            if let Err(e) = remove_tree(&h.root.join(&rel)) {
+        for root in self.all_roots() {
+            if let Err(e) = remove_tree(&root.join(&rel)) {
                 tracing::debug!(cgroup = path, error = %e, "remove cgroup");
                 first.get_or_insert(e);
             }

@@ -382,6 +382,10 @@ impl Runtime {
         {
             tracing::warn!(pod_id = %p.id, error = %e, "remove pod cgroup");
         }
+        if p.cgroup_parent.starts_with("/skiff/") {
+            // The shared default parent goes with the last pod that used it.
+            self.cgroups.remove_if_empty("/skiff");
+        }
         self.meta.delete(Table::PODS, &p.id)?;
         self.release(POD_NAMES, &p.name_key);
         Ok(())
