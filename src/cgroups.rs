@@ -140,21 +140,14 @@ impl Cgroups {
                 root: self.base.clone(),
             }];
         }
-        let mut seen: Vec<PathBuf> = Vec::new();
-        let mut out = Vec::new();
-        for &name in V1_CONTROLLERS {
-            let root = self.base.join(name);
-            if !root.is_dir() {
-                continue;
-            }
-            let real = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
-            if seen.contains(&real) {
-                continue;
-            }
-            seen.push(real);
-            out.push(Hierarchy { name, root });
-        }
-        out
+        let named: Vec<(&'static str, PathBuf)> = V1_CONTROLLERS
+            .iter()
+            .map(|&name| (name, self.base.join(name)))
+            .collect();
+        distinct_dirs(named)
+            .into_iter()
+            .map(|(name, root)| Hierarchy { name, root })
+            .collect()
     }
 
     /// Every mounted hierarchy, for removal: on v1/hybrid also those skiff does not create
@@ -164,25 +157,15 @@ impl Cgroups {
         if self.is_v2() {
             return vec![self.base.clone()];
         }
-        let mut seen: Vec<PathBuf> = Vec::new();
-        let mut out = Vec::new();
         let Ok(entries) = fs::read_dir(&self.base) else {
             return self.hierarchies().into_iter().map(|h| h.root).collect();
         };
         let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         names.sort();
-        for root in names {
-            if !root.is_dir() {
-                continue;
-            }
-            let real = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
-            if seen.contains(&real) {
-                continue;
-            }
-            seen.push(real);
-            out.push(root);
-        }
-        out
+        distinct_dirs(names.into_iter().map(|p| ((), p)).collect())
+            .into_iter()
+            .map(|(_, root)| root)
+            .collect()
     }
 
     /// The directory of `rel` in the v1 hierarchy of `controller`, or in v2.
@@ -485,6 +468,24 @@ fn enable_controllers(dir: &Path) {
 }
 
 /// rmdir `dir` after its child cgroups, deepest first. Gone is fine.
+/// The existing directories among `candidates`, each mount once (a combined `cpu,cpuacct`
+/// hierarchy reached through two symlinks counts once).
+fn distinct_dirs<T>(candidates: Vec<(T, PathBuf)>) -> Vec<(T, PathBuf)> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut out = Vec::new();
+    for (tag, root) in candidates {
+        if !root.is_dir() {
+            continue;
+        }
+        let real = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+        if !seen.contains(&real) {
+            seen.push(real);
+            out.push((tag, root));
+        }
+    }
+    out
+}
+
 fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,

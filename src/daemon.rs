@@ -230,8 +230,18 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
                     source,
                 }
             })?;
-        let runtime =
-            crate::pods::Runtime::new(config.clone(), meta.clone(), images.clone(), shim.clone());
+        // Each handler's `features` is asked once; the spec generator and Status share it.
+        let features = crate::info::probe_all(&config);
+        let rro = features
+            .get(&config.default_handler)
+            .is_some_and(|f| f.recursive_read_only);
+        let runtime = crate::pods::Runtime::new(
+            config.clone(),
+            meta.clone(),
+            images.clone(),
+            shim.clone(),
+            rro,
+        );
         let network_problem = runtime.init_network().await;
         if let Some(p) = &network_problem {
             tracing::error!(problem = %p, "pod networking is not ready");
@@ -249,6 +259,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
                 meta.clone(),
                 shim,
                 network_problem,
+                features,
             )),
             images: Arc::new(ImageService::new(images.clone(), in_use)),
             ..Default::default()

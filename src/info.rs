@@ -26,7 +26,7 @@ pub struct Info {
     shim: PathBuf,
     io_engine: skiff_uring_io::Engine,
     network_problem: Option<String>,
-    features: std::collections::BTreeMap<String, HandlerFeatures>,
+    features: HandlerFeatureMap,
 }
 
 impl Info {
@@ -36,12 +36,8 @@ impl Info {
         meta: Arc<MetaStore>,
         shim: PathBuf,
         network_problem: Option<String>,
+        features: HandlerFeatureMap,
     ) -> Info {
-        let features = config
-            .handlers
-            .iter()
-            .map(|(name, h)| (name.clone(), probe_features(&h.binary)))
-            .collect();
         Info {
             config,
             meta,
@@ -90,6 +86,18 @@ impl Info {
 pub struct HandlerFeatures {
     /// The `rro` mount option (recursive read-only, needs mount_setattr).
     pub recursive_read_only: bool,
+}
+
+/// What each configured handler supports, by handler name.
+pub type HandlerFeatureMap = std::collections::BTreeMap<String, HandlerFeatures>;
+
+/// Probe every configured handler once (at start-up).
+pub fn probe_all(config: &Config) -> HandlerFeatureMap {
+    config
+        .handlers
+        .iter()
+        .map(|(name, h)| (name.clone(), probe_features(&h.binary)))
+        .collect()
 }
 
 /// Ask `binary features` (a missing binary or an old runtime supports nothing extra).

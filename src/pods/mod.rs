@@ -191,14 +191,13 @@ impl Runtime {
         meta: Arc<MetaStore>,
         images: Arc<Images>,
         shim: PathBuf,
+        rro_supported: bool,
     ) -> Arc<Runtime> {
         let pause_binary = shim.with_file_name("skiff-pause");
         Arc::new(Runtime {
             cgroups: Cgroups::new(config.cgroup_mode),
             host: HostInfo {
-                rro_supported: config
-                    .handler("")
-                    .is_some_and(|h| crate::info::probe_features(&h.binary).recursive_read_only),
+                rro_supported,
                 ..HostInfo::detect()
             },
             config,
