@@ -1,20 +1,4 @@
-//! Multiplexed SPDY/3.1 connections over a tokio byte stream.
-//!
-//! Each connection runs two tasks:
-//!
-//! - the **reader** decodes frames (owning the receiving zlib stream) and dispatches them:
-//!   stream data goes into a bounded per-stream queue, new streams to the accept queue. When a
-//!   queue is full the reader waits, so it stops reading the socket and TCP pushes back on the
-//!   peer; one stream whose reader is never drained therefore stalls the whole connection, as it
-//!   does with spdystream. A dropped [`StreamReader`] discards its data instead.
-//! - the **writer** owns the write half and the sending zlib stream, so header blocks are
-//!   compressed in exactly the order they hit the wire. Frames reach it through two queues:
-//!   an unbounded one for the reader's replies (SYN_REPLY, PING echoes, RST_STREAM, GOAWAY on
-//!   protocol errors), served first so the reader never blocks on the writer, and a bounded one
-//!   for everything the application sends (which backpressures [`StreamWriter::send`]).
-//!
-//! There is no flow control: SETTINGS and WINDOW_UPDATE are ignored and never sent (Go's
-//! spdystream, used by Kubernetes clients, does not enforce windows either).
+//! Multiplexed SPDY/3.1 connections over a tokio byte stream (model: see the crate docs).
 
 use std::collections::HashMap;
 use std::io;
@@ -134,12 +118,15 @@ fn connection_closed() -> io::Error {
 
 /// A SPDY/3.1 connection. Cheap to clone; all clones drive the same connection. Dropping the
 /// handles does not close it: call [`Connection::close`], or it ends when the peer closes.
+/// See the crate docs for the task model, backpressure and what is not implemented.
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
 }
 
-/// One bidirectional stream: its SYN_STREAM headers and both directions.
+/// One bidirectional stream: its SYN_STREAM headers and both directions. Dropping it sends
+/// nothing to the peer: end it with [`StreamWriter::finish`] or [`StreamWriter::reset`] (its
+/// bookkeeping is freed once both sides sent FIN, or when the connection ends).
 pub struct Stream {
     id: u32,
     headers: Headers,

@@ -2,7 +2,7 @@
 //!
 //! A block is a 32-bit pair count followed by 32-bit length-prefixed names and values; several
 //! values of one name are joined with NUL bytes. Each direction of a connection compresses all of
-//! its blocks on ONE zlib stream primed with [`DICTIONARY`](crate::dictionary::DICTIONARY), each
+//! its blocks on ONE zlib stream primed with [`DICTIONARY`], each
 //! block ending with a sync flush, so a block can only be decoded after every earlier one.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};

@@ -11,7 +11,28 @@
 //!   writer task per connection;
 //! - [`dial`] / [`negotiate`]: the HTTP/1.1 upgrade, client side and protocol choice.
 //!
-//! What is deliberately left out, as in spdystream as Kubernetes uses it: flow control
+//! # Connections
+//!
+//! Each [`Connection`] runs two tasks:
+//!
+//! - the **reader** decodes frames (owning the receiving zlib stream) and dispatches them:
+//!   stream data goes into a bounded per-stream queue (16 frames), new streams into the accept
+//!   queue. When a queue is full the reader waits, so it stops reading the socket and TCP pushes
+//!   back on the peer; one stream whose reader is never drained therefore stalls the whole
+//!   connection, as with spdystream. A dropped [`StreamReader`] discards its data instead.
+//!   PINGs from the peer are echoed; after the peer's GOAWAY no new streams are opened; data
+//!   for an unknown or finished stream is answered with RST_STREAM (INVALID_STREAM /
+//!   STREAM_ALREADY_CLOSED); a malformed frame is answered with GOAWAY(PROTOCOL_ERROR) and ends
+//!   the connection, after which every [`StreamReader`] returns `None`.
+//! - the **writer** owns the write half and the sending zlib stream, so header blocks are
+//!   compressed in exactly the order they hit the wire. Frames reach it through two queues: an
+//!   unbounded one for the reader's answers (SYN_REPLY, PING echoes, RST_STREAM, GOAWAY),
+//!   served first so the reader never waits on the writer, and a bounded one for what the
+//!   application sends, which backpressures [`StreamWriter::send`].
+//!
+//! # Not implemented
+//!
+//! Deliberately left out, as in spdystream as Kubernetes uses it: flow control
 //! (SETTINGS and WINDOW_UPDATE are read and ignored, none are sent; backpressure comes from
 //! bounded queues and TCP instead), priorities, server push, and CREDENTIAL frames.
 

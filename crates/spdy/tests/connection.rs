@@ -156,6 +156,15 @@ struct Raw {
 }
 
 impl Raw {
+    fn new(io: DuplexStream) -> Self {
+        Raw {
+            io,
+            enc: Encoder::new(),
+            dec: Decoder::new(),
+            buf: BytesMut::new(),
+        }
+    }
+
     async fn send(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         self.enc.encode(&frame, &mut out).unwrap();
@@ -183,16 +192,24 @@ impl Raw {
 fn raw_server() -> (Raw, Connection, mpsc::Receiver<Stream>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let (server, accept) = Connection::server(b);
-    (
-        Raw {
-            io: a,
-            enc: Encoder::new(),
-            dec: Decoder::new(),
-            buf: BytesMut::new(),
-        },
-        server,
-        accept,
-    )
+    (Raw::new(a), server, accept)
+}
+
+fn raw_client() -> (Raw, Connection) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    (Raw::new(b), Connection::client(a))
+}
+
+fn data(stream_id: u32, flags: u8, data: &'static [u8]) -> Frame {
+    Frame::Data {
+        stream_id,
+        flags,
+        data: Bytes::from_static(data),
+    }
+}
+
+fn rst_frame(stream_id: u32, status: u32) -> Frame {
+    Frame::RstStream { stream_id, status }
 }
 
 fn syn(stream_id: u32, flags: u8, headers: Headers) -> Frame {
@@ -237,57 +254,21 @@ async fn server_replies_pings_and_rejects_stray_data() {
     assert_eq!(stream.header("PORT"), Some("80"));
     let (mut r, w) = stream.split();
 
-    raw.send(Frame::Data {
-        stream_id: 1,
-        flags: 0,
-        data: Bytes::from_static(b"hi"),
-    })
-    .await;
-    raw.send(Frame::Data {
-        stream_id: 1,
-        flags: FLAG_FIN,
-        data: Bytes::from_static(b"!"),
-    })
-    .await;
+    raw.send(data(1, 0, b"hi")).await;
+    raw.send(data(1, FLAG_FIN, b"!")).await;
     assert_eq!(recv_all(&mut r).await, b"hi!");
     // Data after FIN, and for streams never opened: RST, not a connection error.
-    raw.send(Frame::Data {
-        stream_id: 1,
-        flags: 0,
-        data: Bytes::from_static(b"late"),
-    })
-    .await;
+    raw.send(data(1, 0, b"late")).await;
     assert_eq!(
         raw.recv().await,
-        Some(Frame::RstStream {
-            stream_id: 1,
-            status: rst::STREAM_ALREADY_CLOSED
-        })
+        Some(rst_frame(1, rst::STREAM_ALREADY_CLOSED))
     );
-    raw.send(Frame::Data {
-        stream_id: 99,
-        flags: 0,
-        data: Bytes::from_static(b"?"),
-    })
-    .await;
-    assert_eq!(
-        raw.recv().await,
-        Some(Frame::RstStream {
-            stream_id: 99,
-            status: rst::INVALID_STREAM
-        })
-    );
+    raw.send(data(99, 0, b"?")).await;
+    assert_eq!(raw.recv().await, Some(rst_frame(99, rst::INVALID_STREAM)));
 
     w.send(b"reply").await.unwrap();
     w.finish().await.unwrap();
-    assert_eq!(
-        raw.recv().await,
-        Some(Frame::Data {
-            stream_id: 1,
-            flags: 0,
-            data: Bytes::from_static(b"reply")
-        })
-    );
+    assert_eq!(raw.recv().await, Some(data(1, 0, b"reply")));
     assert_eq!(
         raw.recv().await,
         Some(Frame::Data {
@@ -350,14 +331,7 @@ async fn garbage_sends_goaway_and_ends_the_connection() {
 
 #[tokio::test]
 async fn goaway_stops_new_streams() {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let client = Connection::client(a);
-    let mut raw = Raw {
-        io: b,
-        enc: Encoder::new(),
-        dec: Decoder::new(),
-        buf: BytesMut::new(),
-    };
+    let (mut raw, client) = raw_client();
     let opener = {
         let client = client.clone();
         tokio::spawn(async move { client.open(Vec::new()).await })
@@ -379,25 +353,14 @@ async fn goaway_stops_new_streams() {
     })
     .await;
     // The existing stream still works.
-    raw.send(Frame::Data {
-        stream_id: 1,
-        flags: 0,
-        data: Bytes::from_static(b"x"),
-    })
-    .await;
+    raw.send(data(1, 0, b"x")).await;
     let (mut r, _w) = stream.split();
     assert_eq!(r.recv().await.unwrap(), Bytes::from_static(b"x"));
     let err = client.open(Vec::new()).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     // Client refuses server-initiated streams; replies to even pings.
     raw.send(syn(2, 0, Vec::new())).await;
-    assert_eq!(
-        raw.recv().await,
-        Some(Frame::RstStream {
-            stream_id: 2,
-            status: rst::REFUSED_STREAM
-        })
-    );
+    assert_eq!(raw.recv().await, Some(rst_frame(2, rst::REFUSED_STREAM)));
     raw.send(Frame::Ping { id: 4 }).await;
     assert_eq!(raw.recv().await, Some(Frame::Ping { id: 4 }));
     client.close().await;
@@ -413,14 +376,7 @@ async fn goaway_stops_new_streams() {
 
 #[tokio::test]
 async fn open_fails_on_fin_or_rst_reply() {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let client = Connection::client(a);
-    let mut raw = Raw {
-        io: b,
-        enc: Encoder::new(),
-        dec: Decoder::new(),
-        buf: BytesMut::new(),
-    };
+    let (mut raw, client) = raw_client();
     let c = client.clone();
     let first = tokio::spawn(async move { c.open(Vec::new()).await });
     assert!(matches!(
@@ -434,24 +390,14 @@ async fn open_fails_on_fin_or_rst_reply() {
     })
     .await;
     assert!(first.await.unwrap().is_err());
-    assert_eq!(
-        raw.recv().await,
-        Some(Frame::RstStream {
-            stream_id: 1,
-            status: rst::CANCEL
-        })
-    );
+    assert_eq!(raw.recv().await, Some(rst_frame(1, rst::CANCEL)));
     let c = client.clone();
     let second = tokio::spawn(async move { c.open(Vec::new()).await });
     assert!(matches!(
         raw.recv().await,
         Some(Frame::SynStream { stream_id: 3, .. })
     ));
-    raw.send(Frame::RstStream {
-        stream_id: 3,
-        status: rst::REFUSED_STREAM,
-    })
-    .await;
+    raw.send(rst_frame(3, rst::REFUSED_STREAM)).await;
     assert!(second.await.unwrap().is_err());
 }
 
