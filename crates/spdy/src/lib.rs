@@ -43,7 +43,7 @@ pub mod headers;
 mod upgrade;
 
 pub use conn::{Connection, Stream, StreamReader, StreamWriter};
-pub use upgrade::{PrefixedIo, UpgradeError, dial, negotiate};
+pub use upgrade::{PROTOCOL_HEADER, PrefixedIo, UPGRADE_TOKEN, UpgradeError, dial, negotiate};
 
 /// Header pairs of a stream, in wire order; names are lowercase on the wire. A name may repeat
 /// (several values of one header).
