@@ -23,8 +23,9 @@ pub struct Cli {
         default_value = "unix:///run/skiff/skiff.sock"
     )]
     pub runtime_endpoint: String,
-    /// Timeout of each CRI call, in seconds.
-    #[arg(short = 't', long, global = true, default_value_t = 10)]
+    /// Timeout of each CRI call, in seconds (before the subcommand: `-t` after it is
+    /// exec's and attach's tty flag, as in crictl).
+    #[arg(short = 't', long, default_value_t = 10)]
     pub timeout: u64,
     /// What to do.
     #[command(subcommand)]

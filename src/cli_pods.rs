@@ -107,16 +107,44 @@ pub enum PodCommand {
         /// The container id.
         id: String,
     },
-    /// Run a command in a running container and print its output (ExecSync).
+    /// Run a command in a running container: ExecSync, or with -i/-t a streaming exec.
     Exec {
-        /// Kill the command after this many seconds (0 = no limit).
+        /// Kill the command after this many seconds (0 = no limit; ExecSync only).
         #[arg(long, default_value_t = 0)]
         exec_timeout: i64,
+        /// Send this terminal's stdin to the command (streaming exec).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal (streaming exec).
+        #[arg(short, long)]
+        tty: bool,
         /// The container id.
         id: String,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Attach to a running container's stdio.
+    Attach {
+        /// Send this terminal's stdin to the container.
+        #[arg(short = 'i', long = "stdin")]
+        stdin: bool,
+        /// The container has a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// The container id.
+        id: String,
+    },
+    /// Forward local ports to ports in a pod: `[LOCAL:]REMOTE`.
+    PortForward {
+        /// The pod id.
+        pod: String,
+        /// Port pairs, `LOCAL:REMOTE` or `REMOTE` (same local port).
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
     },
     /// Print container resource usage as JSON.
     Stats {
@@ -422,9 +450,64 @@ pub async fn run(client: &mut CriClient, t: u64, cmd: PodCommand) -> Result<(), 
             print!("{}", decode_cri_log(&text));
         }
         PodCommand::Exec {
+            interactive,
+            tty,
+            id,
+            cmd,
+            ..
+        } if interactive || tty => {
+            let r = rpc(
+                "Exec",
+                t,
+                rt.exec(api::ExecRequest {
+                    container_id: id,
+                    cmd,
+                    tty,
+                    stdin: interactive,
+                    stdout: true,
+                    stderr: !tty,
+                }),
+            )
+            .await?;
+            crate::cli_stream::session(&r.url, interactive, tty).await?;
+        }
+        PodCommand::Attach { stdin, tty, id } => {
+            let r = rpc(
+                "Attach",
+                t,
+                rt.attach(api::AttachRequest {
+                    container_id: id,
+                    stdin,
+                    tty,
+                    stdout: true,
+                    stderr: !tty,
+                }),
+            )
+            .await?;
+            crate::cli_stream::session(&r.url, stdin, tty).await?;
+        }
+        PodCommand::PortForward {
+            pod,
+            ports,
+            address,
+        } => {
+            let pairs = crate::cli_stream::port_pairs(&ports)?;
+            let r = rpc(
+                "PortForward",
+                t,
+                rt.port_forward(api::PortForwardRequest {
+                    pod_sandbox_id: pod,
+                    port: pairs.iter().map(|p| i32::from(p.1)).collect(),
+                }),
+            )
+            .await?;
+            crate::cli_stream::port_forward(&r.url, address, &pairs).await?;
+        }
+        PodCommand::Exec {
             exec_timeout: timeout,
             id,
             cmd,
+            ..
         } => {
             let secs = if timeout > 0 {
                 u64::try_from(timeout).unwrap_or(0) + t

@@ -246,6 +246,14 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         if let Some(p) = &network_problem {
             tracing::error!(problem = %p, "pod networking is not ready");
         }
+        match runtime.start_streaming(config.streaming_address).await {
+            Ok(url) => tracing::info!(url = %url, "streaming server listening"),
+            Err(e) => tracing::error!(
+                address = %config.streaming_address,
+                error = %e,
+                "the streaming server could not start; Exec, Attach and PortForward will fail"
+            ),
+        }
         if let Err(e) = runtime.recover().await {
             tracing::error!(error = %e, "recovering pods and containers");
         }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cgroups;
 pub mod cli;
 pub mod cli_pods;
+pub mod cli_stream;
 pub mod config;
 pub mod crictl_config;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod pods;
 pub mod progress;
 pub mod spec;
+pub mod stream;
 pub mod sys;
 
 /// The metadata store (crates/meta).

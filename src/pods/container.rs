@@ -613,16 +613,8 @@ impl Runtime {
         timeout: Option<Duration>,
         make: impl FnOnce(String) -> Request,
     ) -> Result<Reply, RuntimeError> {
-        let mut c = self.must_container(id)?;
-        self.refresh(&mut c);
-        if c.state != CtrState::Running {
-            return Err(RuntimeError::Precondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let p = self.must_pod(&c.pod_id)?;
-        shim::call(&p.id, &p.shim_socket, &make(c.id.clone()), timeout).await
+        let (id, pod, socket) = self.running_container(id)?;
+        shim::call(&pod, &socket, &make(id), timeout).await
     }
 }
 

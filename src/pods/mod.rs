@@ -13,6 +13,7 @@ mod pod;
 pub mod records;
 pub mod shim;
 mod stats;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,9 @@ pub enum RuntimeError {
     /// The request is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A limit is reached.
+    #[error("{0}")]
+    Exhausted(String),
     /// The shim could not be started.
     #[error("start shim of pod {pod}: {reason}")]
     ShimStart {
@@ -131,6 +135,7 @@ impl Classify for RuntimeError {
             RuntimeError::Ambiguous { .. } | RuntimeError::Invalid(_) => ErrorKind::InvalidArgument,
             RuntimeError::NameTaken { .. } => ErrorKind::AlreadyExists,
             RuntimeError::Precondition(_) => ErrorKind::FailedPrecondition,
+            RuntimeError::Exhausted(_) => ErrorKind::ResourceExhausted,
             RuntimeError::ShimStart { .. } | RuntimeError::Io { .. } => ErrorKind::Internal,
             RuntimeError::Shim { .. } => ErrorKind::Unavailable,
             RuntimeError::ShimFailed(f) => match f.kind {
@@ -182,6 +187,7 @@ pub struct Runtime {
     events: Events,
     cpu: crate::cgroups::CpuRate,
     net: std::sync::OnceLock<Arc<network::PodNetwork>>,
+    streaming: std::sync::OnceLock<Arc<crate::stream::Server>>,
 }
 
 impl Runtime {
@@ -209,6 +215,7 @@ impl Runtime {
             events: Events::new(),
             cpu: crate::cgroups::CpuRate::default(),
             net: std::sync::OnceLock::new(),
+            streaming: std::sync::OnceLock::new(),
         })
     }
 

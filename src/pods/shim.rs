@@ -151,3 +151,118 @@ pub fn is_not_found(e: &RuntimeError) -> bool {
         })
     )
 }
+
+/// The rest of a connection after [`call_with_fds`]: a second answer may follow.
+pub struct Pending {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    pod: String,
+}
+
+impl Pending {
+    /// Wait for the next answer line (for a streaming exec: its exit).
+    pub async fn next(mut self) -> Result<Reply, RuntimeError> {
+        let pod = self.pod.clone();
+        let read = async {
+            let mut reader = BufReader::new(&mut self.stream);
+            let mut line = std::mem::take(&mut self.buf);
+            if !line.contains(&b'\n') {
+                reader.read_until(b'\n', &mut line).await?;
+            }
+            if line.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the shim closed the connection without an answer",
+                ));
+            }
+            serde_json::from_slice::<Answer>(&line).map_err(std::io::Error::other)
+        };
+        match read.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(f)) => Err(RuntimeError::ShimFailed(f)),
+            Err(source) => Err(RuntimeError::Shim { pod, source }),
+        }
+    }
+}
+
+/// Send `req` and read an answer that carries fds (SCM_RIGHTS); the connection stays
+/// open for a later answer. Bounded by [`SHORT`].
+pub async fn call_with_fds(
+    pod: &str,
+    socket: &Path,
+    req: &Request,
+) -> Result<(Reply, Vec<std::os::fd::OwnedFd>, Pending), RuntimeError> {
+    let shim_err = |source: std::io::Error| RuntimeError::Shim {
+        pod: pod.to_string(),
+        source,
+    };
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut buf = Vec::new();
+        let mut fds = Vec::new();
+        loop {
+            stream.readable().await?;
+            let got = stream.try_io(tokio::io::Interest::READABLE, || {
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+                let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+                let mut chunk = [0u8; 8192];
+                let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+                let msg = rustix::net::recvmsg(
+                    &stream,
+                    &mut iov,
+                    &mut control,
+                    rustix::net::RecvFlags::CMSG_CLOEXEC,
+                )?;
+                for m in control.drain() {
+                    if let rustix::net::RecvAncillaryMessage::ScmRights(got) = m {
+                        fds.extend(got);
+                    }
+                }
+                Ok(chunk[..msg.bytes].to_vec())
+            });
+            match got {
+                Ok(bytes) if bytes.is_empty() => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the shim closed the connection without an answer",
+                    ));
+                }
+                Ok(bytes) => buf.extend_from_slice(&bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let rest = buf.split_off(end + 1);
+                let answer =
+                    serde_json::from_slice::<Answer>(&buf).map_err(std::io::Error::other)?;
+                return Ok((answer, fds, stream, rest));
+            }
+            if buf.len() > 1 << 20 {
+                return Err(std::io::Error::other("the shim's answer is too long"));
+            }
+        }
+    };
+    let (answer, fds, stream, rest) = tokio::time::timeout(SHORT, exchange)
+        .await
+        .map_err(|_| {
+            shim_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", SHORT.as_secs()),
+            ))
+        })?
+        .map_err(shim_err)?;
+    let reply = answer.map_err(RuntimeError::ShimFailed)?;
+    Ok((
+        reply,
+        fds,
+        Pending {
+            stream,
+            buf: rest,
+            pod: pod.to_string(),
+        },
+    ))
+}

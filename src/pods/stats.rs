@@ -9,6 +9,7 @@ use tonic::async_trait;
 use super::records::{ContainerRecord, PodRecord, PodState};
 use super::{Runtime, RuntimeError, Service, container_config, labels_match, pod_config};
 use crate::cgroups;
+use crate::stream::{Pending, StdioOpts};
 
 impl Runtime {
     fn one_container_stats(&self, c: &ContainerRecord) -> api::ContainerStats {
@@ -165,6 +166,59 @@ impl StatsPort for Service {
 
 #[async_trait]
 impl StreamingPort for Service {
+    async fn exec(&self, req: api::ExecRequest) -> PortResult<api::ExecResponse> {
+        if req.cmd.is_empty() {
+            return Err(RuntimeError::Invalid("exec: no command given".into()).into());
+        }
+        let container = self.0.check_stdio_request(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
+        let url = self.0.streaming_url(Pending::Exec {
+            container,
+            cmd: req.cmd,
+            io: StdioOpts {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            },
+        })?;
+        Ok(api::ExecResponse { url })
+    }
+
+    async fn attach(&self, req: api::AttachRequest) -> PortResult<api::AttachResponse> {
+        let container = self.0.check_stdio_request(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
+        let url = self.0.streaming_url(Pending::Attach {
+            container,
+            io: StdioOpts {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            },
+        })?;
+        Ok(api::AttachResponse { url })
+    }
+
+    async fn port_forward(
+        &self,
+        req: api::PortForwardRequest,
+    ) -> PortResult<api::PortForwardResponse> {
+        let pod = self.0.check_port_forward(&req)?;
+        let url = self.0.streaming_url(Pending::PortForward { pod })?;
+        Ok(api::PortForwardResponse { url })
+    }
+
     async fn container_events(&self, _req: api::GetEventsRequest) -> PortResult<EventStream> {
         let rx = self.0.events.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));

@@ -71,6 +71,35 @@ pub enum Request {
         /// Kill the process after this many milliseconds (0 = no limit).
         timeout_ms: u64,
     },
+    /// Start `args` in the container with its stdio handed to skiffd (streaming exec).
+    ///
+    /// Answered with [`Reply::Streams`] (the fds travel with that line as SCM_RIGHTS);
+    /// the connection stays open and a second line, [`Reply::Exited`], follows when the
+    /// process exits. If skiffd closes the connection first, the process is killed.
+    ExecStream {
+        /// The container id.
+        id: String,
+        /// The command and its arguments.
+        args: Vec<String>,
+        /// Give the process a terminal (one fd, the pty master, instead of pipes).
+        tty: bool,
+        /// Hand over a stdin pipe (otherwise stdin is /dev/null).
+        stdin: bool,
+    },
+    /// Hand skiffd the container's stdio for an attach: [`Reply::Streams`] with fresh
+    /// pipes that receive a copy of everything the container writes from now on (ended
+    /// when the container's output ends), and a duplicate of its stdin (or pty master).
+    Attach {
+        /// The container id.
+        id: String,
+        /// Whether skiffd wants the container's stdin.
+        stdin: bool,
+    },
+    /// Close the container's stdin (after the first attach of a `stdin_once` container).
+    CloseStdin {
+        /// The container id.
+        id: String,
+    },
     /// Close and reopen the container's log file (the kubelet renamed it).
     ReopenLog {
         /// The container id.
@@ -110,6 +139,20 @@ pub struct Exit {
     pub at_ns: i64,
 }
 
+/// What one fd handed over with [`Reply::Streams`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdRole {
+    /// Write end of the process's stdin.
+    Stdin,
+    /// Read end of its stdout.
+    Stdout,
+    /// Read end of its stderr.
+    Stderr,
+    /// The pty master (a terminal process): read its output, write its input, resize it.
+    Tty,
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
@@ -138,6 +181,13 @@ pub enum Reply {
         pid: Option<u32>,
         /// How it exited, if it did.
         exit: Option<Exit>,
+    },
+    /// Answer to [`Request::ExecStream`] and [`Request::Attach`]: fds follow, in this order.
+    Streams {
+        /// The exec'd process (`None` for an attach).
+        pid: Option<u32>,
+        /// What each fd sent with this line is, in order.
+        fds: Vec<FdRole>,
     },
     /// Answer to [`Request::Exec`].
     Exec {

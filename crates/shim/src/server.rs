@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, WaitOptions};
 
 use crate::logfmt::{LineSplitter, MAX_LINE, Stream, now_ns, rfc3339_nano};
-use crate::protocol::{Answer, Exit, Failure, FailureKind, Reply, Request, Status};
+use crate::protocol::{Answer, Exit, Failure, FailureKind, FdRole, Reply, Request, Status};
 use crate::sys;
 
 /// The longest request line the shim accepts.
@@ -30,6 +30,8 @@ const MAX_REQUEST: usize = 16 << 20;
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// How many exits of unknown pids are remembered.
 const MAX_EARLY_EXITS: usize = 1024;
+/// Pipe buffer asked for the pipes handed to skiffd (the kernel caps it at pipe-max-size).
+const STREAM_PIPE_SIZE: usize = 1 << 20;
 
 /// How the shim was started.
 #[derive(Debug, Clone)]
@@ -102,6 +104,7 @@ pub fn run(opts: Options) -> io::Result<()> {
 enum Owner {
     Init(String),
     Exec(u64),
+    Stream(u64),
     Pause,
 }
 
@@ -112,6 +115,7 @@ enum Token {
     Conn(u64),
     CtrOut(usize, Stream),
     ExecOut(u64, Stream),
+    StreamConn(u64),
 }
 
 struct Conn {
@@ -129,10 +133,26 @@ struct Container {
     log: Option<File>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    _stdin: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    /// The pty master (also in `stdout`) of a tty container.
+    tty: bool,
     split_out: LineSplitter,
     split_err: LineSplitter,
     waiters: Vec<UnixStream>,
+    /// Write ends of attach pipes: a copy of the output goes to each.
+    attachers: Vec<Attacher>,
+}
+
+/// One attach: where copies of the container's stdout and stderr go.
+struct Attacher {
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+}
+
+/// A streaming exec whose stdio skiffd holds; `conn` gets the exit.
+struct StreamJob {
+    conn: UnixStream,
+    pid: i32,
 }
 
 struct ExecJob {
@@ -159,6 +179,7 @@ struct Shim {
     owners: HashMap<i32, Owner>,
     early_exits: HashMap<i32, Exit>,
     execs: HashMap<u64, ExecJob>,
+    streams: HashMap<u64, StreamJob>,
     pause: Option<i32>,
     next: u64,
     stopping: bool,
@@ -187,6 +208,34 @@ fn send(mut stream: UnixStream, answer: &Answer) {
     let mut line = serde_json::to_vec(answer).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
     let _ = stream.write_all(&line);
+}
+
+/// Send `answer` with `fds` attached (SCM_RIGHTS on the line's first bytes).
+fn send_fds(stream: &UnixStream, answer: &Answer, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many fds for one message"));
+    }
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[io::IoSlice::new(&line)],
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?;
+    (&*stream).write_all(&line[sent..])
+}
+
+/// A pipe for skiffd: both ends close-on-exec, the shim's end non-blocking, a large
+/// buffer so a burst of output does not fill it at once.
+fn stream_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, STREAM_PIPE_SIZE);
+    Ok((r, w))
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -285,6 +334,7 @@ impl Shim {
             owners: HashMap::new(),
             early_exits: HashMap::new(),
             execs: HashMap::new(),
+            streams: HashMap::new(),
             pause: None,
             next: 0,
             stopping: false,
@@ -357,6 +407,7 @@ impl Shim {
                     Token::Conn(id) => self.read_conn(id),
                     Token::CtrOut(i, s) => self.read_container(i, s),
                     Token::ExecOut(id, s) => self.read_exec(id, s),
+                    Token::StreamConn(n) => self.stream_conn(n),
                 }
             }
             self.reap();
@@ -391,6 +442,10 @@ impl Shim {
                     fds.push(PollFd::new(fd, input));
                 }
             }
+        }
+        for (n, j) in &self.streams {
+            tokens.push(Token::StreamConn(*n));
+            fds.push(PollFd::new(&j.conn, input));
         }
         let ts = timeout.map(|d| rustix::time::Timespec {
             tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -515,6 +570,39 @@ impl Shim {
                 Err((stream, answer)) => {
                     send(stream, &answer);
                     return;
+                }
+            },
+            Request::ExecStream {
+                id,
+                args,
+                tty,
+                stdin,
+            } => {
+                self.exec_stream(&id, args, tty, stdin, stream);
+                return;
+            }
+            Request::Attach { id, stdin } => match self.attach(&id, stdin) {
+                Ok((roles, fds)) => {
+                    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                    let answer = Ok(Reply::Streams {
+                        pid: None,
+                        fds: roles,
+                    });
+                    if let Err(e) = send_fds(&stream, &answer, &borrowed) {
+                        eprintln!("skiff-shim: container {id}: hand over attach fds: {e}");
+                    }
+                    return;
+                }
+                Err(answer) => answer,
+            },
+            Request::CloseStdin { id } => match self.find(&id) {
+                None => fail(
+                    FailureKind::NotFound,
+                    format!("container {id} is not known to the shim"),
+                ),
+                Some(i) => {
+                    self.containers[i].stdin = None;
+                    Ok(Reply::Done)
                 }
             },
             Request::ReopenLog { id } => self.reopen(&id),
@@ -659,10 +747,12 @@ impl Shim {
             log,
             stdout: Some(master.unwrap_or(out_r)),
             stderr: if tty { None } else { Some(err_r) },
-            _stdin: stdin_keep,
+            stdin: stdin_keep,
+            tty,
             split_out: LineSplitter::new(Stream::Stdout, MAX_LINE),
             split_err: LineSplitter::new(Stream::Stderr, MAX_LINE),
             waiters: Vec::new(),
+            attachers: Vec::new(),
         };
         if let Some(exit) = self.early_exits.remove(&pid) {
             c.status = Status::Exited;
@@ -921,6 +1011,251 @@ impl Shim {
         Ok(())
     }
 
+    /// Start a streaming exec (`runtime exec --detach`: the process becomes the shim's
+    /// child through the subreaper) and hand its stdio to skiffd.
+    fn exec_stream(
+        &mut self,
+        id: &str,
+        args: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        stream: UnixStream,
+    ) {
+        let (n, pid, roles, fds) = match self.start_exec_stream(id, &args, tty, stdin) {
+            Ok(started) => started,
+            Err(answer) => {
+                send(stream, &answer);
+                return;
+            }
+        };
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let answer = Ok(Reply::Streams {
+            pid: u32::try_from(pid).ok(),
+            fds: roles,
+        });
+        self.owners.insert(pid, Owner::Stream(n));
+        if send_fds(&stream, &answer, &borrowed).is_err() {
+            // skiffd is gone: nobody can talk to the process.
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            return;
+        }
+        drop(fds);
+        if let Some(exit) = self.early_exits.remove(&pid) {
+            self.owners.remove(&pid);
+            send(stream, &Ok(Reply::Exited(exit)));
+            return;
+        }
+        if stream.set_nonblocking(true).is_ok() {
+            self.streams.insert(n, StreamJob { conn: stream, pid });
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_exec_stream(
+        &mut self,
+        id: &str,
+        args: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<(u64, i32, Vec<FdRole>, Vec<OwnedFd>), Answer> {
+        let Some(i) = self.find(id) else {
+            return Err(fail(
+                FailureKind::NotFound,
+                format!("container {id} is not known to the shim"),
+            ));
+        };
+        if self.containers[i].status != Status::Running {
+            return Err(fail(
+                FailureKind::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
+        }
+        if args.is_empty() {
+            return Err(fail(FailureKind::InvalidArgument, "exec: no command given"));
+        }
+        let io_fail = |what: &str, e: io::Error| {
+            fail(
+                FailureKind::Internal,
+                format!("exec in container {id}: {what}: {e}"),
+            )
+        };
+        self.next += 1;
+        let n = self.next;
+        let bundle = self.containers[i].bundle.clone();
+        let pid_file = bundle.join(format!("exec-{n}.pid"));
+        let log_file = bundle.join(format!("exec-{n}.log"));
+        let mut cmd = self.runtime(&log_file);
+        cmd.arg("exec")
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(&pid_file);
+        let mut roles = Vec::new();
+        let mut keep = Vec::new();
+        let console = if tty {
+            let path = self.opts.socket.with_file_name(format!("x{n}.tty"));
+            let _ = fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(|e| io_fail("console socket", e))?;
+            cmd.arg("--tty").arg("--console-socket").arg(&path);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            Some((listener, path))
+        } else {
+            if stdin {
+                let (r, w) = stream_pipe().map_err(|e| io_fail("stdin pipe", e))?;
+                cmd.stdin(Stdio::from(r));
+                roles.push(FdRole::Stdin);
+                keep.push(w);
+            } else {
+                cmd.stdin(Stdio::null());
+            }
+            let (out_r, out_w) = stream_pipe().map_err(|e| io_fail("stdout pipe", e))?;
+            let (err_r, err_w) = stream_pipe().map_err(|e| io_fail("stderr pipe", e))?;
+            cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            roles.extend([FdRole::Stdout, FdRole::Stderr]);
+            keep.extend([out_r, err_r]);
+            None
+        };
+        let status = cmd.arg(id).args(args).status();
+        // The pipe ends the process got are closed in the shim with `cmd`.
+        drop(cmd);
+        let cleanup = |console: &Option<(UnixListener, PathBuf)>| {
+            if let Some((_, path)) = console {
+                let _ = fs::remove_file(path);
+            }
+            let _ = fs::remove_file(&pid_file);
+            let _ = fs::remove_file(&log_file);
+        };
+        match status {
+            Err(e) => {
+                cleanup(&console);
+                return Err(io_fail(&format!("run {}", self.opts.runtime.display()), e));
+            }
+            Ok(s) if !s.success() => {
+                let msg = runtime_error(&log_file)
+                    .unwrap_or_else(|| format!("{} exec: {s}", self.opts.runtime.display()));
+                cleanup(&console);
+                return Err(fail(
+                    FailureKind::Runtime,
+                    format!("exec in container {id}: {msg}"),
+                ));
+            }
+            Ok(_) => {}
+        }
+        let pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let master = console.as_ref().map(|(l, _)| receive_console(l));
+        cleanup(&console);
+        let Some(pid) = pid else {
+            return Err(fail(
+                FailureKind::Runtime,
+                format!("exec in container {id}: the runtime wrote no pid file"),
+            ));
+        };
+        match master {
+            Some(Ok(m)) => {
+                roles.push(FdRole::Tty);
+                keep.push(m);
+            }
+            Some(Err(e)) => {
+                if let Some(p) = Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+                self.owners.insert(pid, Owner::Stream(0));
+                return Err(io_fail("receive the console from the runtime", e));
+            }
+            None => {}
+        }
+        Ok((n, pid, roles, keep))
+    }
+
+    /// skiffd wrote to or closed a streaming exec's connection: closed means the client
+    /// went away, and the process is killed (as containerd does).
+    fn stream_conn(&mut self, n: u64) {
+        let Some(job) = self.streams.get_mut(&n) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        let gone = loop {
+            match job.conn.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if gone && let Some(job) = self.streams.remove(&n) {
+            // Still our unreaped child (its owner entry stays until the exit is collected).
+            if let Some(pid) = Pid::from_raw(job.pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    /// Fds for an attach: stdin (or the pty master) and fresh output pipes.
+    fn attach(
+        &mut self,
+        id: &str,
+        want_stdin: bool,
+    ) -> Result<(Vec<FdRole>, Vec<OwnedFd>), Answer> {
+        let Some(i) = self.find(id) else {
+            return Err(fail(
+                FailureKind::NotFound,
+                format!("container {id} is not known to the shim"),
+            ));
+        };
+        let c = &mut self.containers[i];
+        if c.status != Status::Running || (c.stdout.is_none() && c.stderr.is_none()) {
+            return Err(fail(
+                FailureKind::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
+        }
+        let io_fail = |what: &str, e: io::Error| {
+            fail(
+                FailureKind::Internal,
+                format!("attach to container {id}: {what}: {e}"),
+            )
+        };
+        let dup = |fd: &OwnedFd| {
+            rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| io_fail("dup", e.into()))
+        };
+        let mut roles = Vec::new();
+        let mut fds = Vec::new();
+        if c.tty {
+            // The master carries input and the window size; skiffd never reads it.
+            if let Some(m) = c.stdout.as_ref() {
+                fds.push(dup(m)?);
+                roles.push(FdRole::Tty);
+            }
+        } else if want_stdin && let Some(s) = c.stdin.as_ref() {
+            fds.push(dup(s)?);
+            roles.push(FdRole::Stdin);
+        }
+        let mut attacher = Attacher {
+            out: None,
+            err: None,
+        };
+        let (r, w) = stream_pipe().map_err(|e| io_fail("pipe", e))?;
+        rustix::io::ioctl_fionbio(&w, true).map_err(|e| io_fail("pipe", e.into()))?;
+        attacher.out = Some(w);
+        fds.push(r);
+        roles.push(FdRole::Stdout);
+        if !c.tty {
+            let (r, w) = stream_pipe().map_err(|e| io_fail("pipe", e))?;
+            rustix::io::ioctl_fionbio(&w, true).map_err(|e| io_fail("pipe", e.into()))?;
+            attacher.err = Some(w);
+            fds.push(r);
+            roles.push(FdRole::Stderr);
+        }
+        c.attachers.push(attacher);
+        Ok((roles, fds))
+    }
+
     fn read_exec(&mut self, n: u64, s: Stream) {
         let Some(job) = self.execs.get_mut(&n) else {
             return;
@@ -1020,6 +1355,7 @@ impl Shim {
             split.finish(&ts, &mut out);
         }
         c.write_log(&out);
+        c.copy_to_attachers(s, &data);
     }
 
     fn reap(&mut self) {
@@ -1032,6 +1368,11 @@ impl Shim {
                     Some(Owner::Exec(n)) => {
                         if let Some(job) = self.execs.get_mut(&n) {
                             job.exit = Some(exit.code);
+                        }
+                    }
+                    Some(Owner::Stream(n)) => {
+                        if let Some(job) = self.streams.remove(&n) {
+                            send(job.conn, &Ok(Reply::Exited(exit)));
                         }
                     }
                     Some(Owner::Pause) => {
@@ -1082,6 +1423,15 @@ impl Shim {
                 &fail(FailureKind::FailedPrecondition, "the shim is shutting down"),
             );
         }
+        for (_, job) in self.streams.drain() {
+            if let Some(pid) = Pid::from_raw(job.pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            send(
+                job.conn,
+                &fail(FailureKind::FailedPrecondition, "the shim is shutting down"),
+            );
+        }
         self.reap();
     }
 }
@@ -1106,5 +1456,30 @@ impl Container {
         self.write_log(&out);
         self.stdout = None;
         self.stderr = None;
+        self.attachers.clear();
+    }
+
+    /// Give each attach a copy of `data`. A full pipe loses the chunk (a slow attach
+    /// client never holds up the container or its log); a closed one is dropped.
+    fn copy_to_attachers(&mut self, s: Stream, data: &[u8]) {
+        if !data.is_empty() {
+            for a in &mut self.attachers {
+                let fd = match s {
+                    Stream::Stdout => &mut a.out,
+                    Stream::Stderr => &mut a.err,
+                };
+                if let Some(f) = fd.as_ref() {
+                    match rustix::io::write(f, data) {
+                        Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+                        Err(_) => *fd = None,
+                    }
+                }
+            }
+            self.attachers
+                .retain(|a| a.out.is_some() || a.err.is_some());
+        }
+        if self.stdout.is_none() && self.stderr.is_none() {
+            self.attachers.clear();
+        }
     }
 }

@@ -1,0 +1,267 @@
+//! The client side of the streaming protocols, for `skiff exec -it`, `skiff attach`,
+//! `skiff port-forward`, the tests and the benchmarks.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use skiff_spdy::{Connection, StreamReader, StreamWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{PORT_FORWARD_PROTOCOL, REMOTE_PROTOCOLS};
+
+/// The local ends of an exec or attach.
+#[derive(Default)]
+pub struct LocalIo {
+    /// Sent to the process's stdin (the stream is closed at its end).
+    pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Receives stdout (with a tty: all output).
+    pub stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Receives stderr.
+    pub stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Whether the session has a terminal.
+    pub tty: bool,
+    /// Terminal sizes (width, height) to send.
+    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// The command exited with this code (0 for an attach that ended normally).
+    Code(i32),
+    /// The server reported a failure (the message).
+    Failed(String),
+}
+
+fn headers(pairs: &[(&str, &str)]) -> skiff_spdy::Headers {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// Run an exec or attach session at `url` (from the CRI Exec or Attach response).
+pub async fn remote_command(url: &str, mut local: LocalIo) -> io::Result<RemoteExit> {
+    let (conn, protocol) = skiff_spdy::dial(url, REMOTE_PROTOCOLS).await?;
+    let version = match protocol.as_deref() {
+        Some("v5.channel.k8s.io") => 5,
+        Some("v4.channel.k8s.io") => 4,
+        Some("v3.channel.k8s.io") => 3,
+        Some("v2.channel.k8s.io") => 2,
+        _ => 1,
+    };
+    let open = |kind: &'static str| {
+        let conn = conn.clone();
+        async move { conn.open(headers(&[("streamtype", kind)])).await }
+    };
+    let (mut error, _) = open("error").await?.split();
+    let stdin = match local.stdin.is_some() {
+        true => Some(open("stdin").await?.split().1),
+        false => None,
+    };
+    let stdout = match local.stdout.is_some() {
+        true => Some(open("stdout").await?.split().0),
+        false => None,
+    };
+    let stderr = match local.stderr.is_some() && !local.tty {
+        true => Some(open("stderr").await?.split().0),
+        false => None,
+    };
+    let resize = match local.tty && version >= 3 {
+        true => Some(open("resize").await?.split().1),
+        false => None,
+    };
+    if let (Some(w), Some(mut sizes)) = (resize, local.resize.take()) {
+        tokio::spawn(async move {
+            while let Some((width, height)) = sizes.recv().await {
+                let msg = serde_json::json!({"Width": width, "Height": height}).to_string();
+                if w.send(msg.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let (Some(w), Some(mut input)) = (stdin, local.stdin.take()) {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if w.send(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = w.finish().await;
+        });
+    }
+    let out = copy_out(stdout, local.stdout.take());
+    let err = copy_out(stderr, local.stderr.take());
+    let status = async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = error.recv().await {
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes
+    };
+    let ((), (), status) = tokio::join!(out, err, status);
+    conn.close().await;
+    Ok(parse_status(version, &status))
+}
+
+async fn copy_out(from: Option<StreamReader>, to: Option<Box<dyn AsyncWrite + Send + Unpin>>) {
+    let (Some(mut from), Some(mut to)) = (from, to) else {
+        return;
+    };
+    while let Some(chunk) = from.recv().await {
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+        let _ = to.flush().await;
+    }
+}
+
+/// The outcome written to the error stream.
+pub fn parse_status(version: u8, bytes: &[u8]) -> RemoteExit {
+    if bytes.is_empty() {
+        return RemoteExit::Code(0);
+    }
+    if version < 4 {
+        return RemoteExit::Failed(String::from_utf8_lossy(bytes).into_owned());
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return RemoteExit::Failed(String::from_utf8_lossy(bytes).into_owned());
+    };
+    if v["status"] == "Success" {
+        return RemoteExit::Code(0);
+    }
+    if v["reason"] == "NonZeroExitCode"
+        && let Some(code) = v["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["reason"] == "ExitCode")
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.parse().ok())
+    {
+        return RemoteExit::Code(code);
+    }
+    RemoteExit::Failed(
+        v["message"]
+            .as_str()
+            .unwrap_or("unknown failure")
+            .to_string(),
+    )
+}
+
+/// A port-forward connection to one pod.
+pub struct PortForwarder {
+    conn: Connection,
+    next: AtomicU64,
+}
+
+/// One forwarded TCP connection.
+pub struct Forwarded {
+    /// Bytes from the pod's port.
+    pub data_in: StreamReader,
+    /// Bytes to it.
+    pub data_out: StreamWriter,
+    /// The server's error report for this connection (empty when none).
+    pub error: StreamReader,
+}
+
+impl PortForwarder {
+    /// Connect to `url` (from the CRI PortForward response).
+    pub async fn dial(url: &str) -> io::Result<PortForwarder> {
+        let (conn, _) = skiff_spdy::dial(url, &[PORT_FORWARD_PROTOCOL]).await?;
+        Ok(PortForwarder {
+            conn,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Open a forwarded connection to `port` in the pod.
+    pub async fn open(&self, port: u16) -> io::Result<Forwarded> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let port = port.to_string();
+        let error = self
+            .conn
+            .open(headers(&[
+                ("streamtype", "error"),
+                ("port", &port),
+                ("requestid", &id),
+            ]))
+            .await?;
+        let (error_in, error_out) = error.split();
+        error_out.finish().await?;
+        let data = self
+            .conn
+            .open(headers(&[
+                ("streamtype", "data"),
+                ("port", &port),
+                ("requestid", &id),
+            ]))
+            .await?;
+        let (data_in, data_out) = data.split();
+        Ok(Forwarded {
+            data_in,
+            data_out,
+            error: error_in,
+        })
+    }
+
+    /// Copy between a local TCP connection and a new forwarded one to `port`; the
+    /// server's error, if it reported one.
+    pub async fn forward(
+        &self,
+        local: tokio::net::TcpStream,
+        port: u16,
+    ) -> io::Result<Option<String>> {
+        let Forwarded {
+            data_in,
+            data_out,
+            mut error,
+        } = self.open(port).await?;
+        let err = async {
+            let mut msg = Vec::new();
+            while let Some(chunk) = error.recv().await {
+                msg.extend_from_slice(&chunk);
+            }
+            msg
+        };
+        let ((), msg) = tokio::join!(super::splice_tcp(local, data_in, &data_out), err);
+        Ok((!msg.is_empty()).then(|| String::from_utf8_lossy(&msg).into_owned()))
+    }
+
+    /// Close the connection.
+    pub async fn close(&self) {
+        self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_to_exits() {
+        assert_eq!(parse_status(4, b""), RemoteExit::Code(0));
+        assert_eq!(
+            parse_status(4, br#"{"metadata":{},"status":"Success"}"#),
+            RemoteExit::Code(0)
+        );
+        let bytes = super::super::remote::status_bytes(5, &super::super::remote::Outcome::Exit(42));
+        assert_eq!(parse_status(5, &bytes), RemoteExit::Code(42));
+        let bytes = super::super::remote::status_bytes(
+            4,
+            &super::super::remote::Outcome::Internal("no such file".into()),
+        );
+        assert!(
+            matches!(parse_status(4, &bytes), RemoteExit::Failed(m) if m.contains("no such file"))
+        );
+        assert_eq!(parse_status(2, b"boom"), RemoteExit::Failed("boom".into()));
+    }
+}

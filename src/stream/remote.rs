@@ -1,0 +1,417 @@
+//! Kubernetes' remote-command protocol (exec and attach) over SPDY streams.
+//!
+//! The client opens one stream per channel, each named by its `streamtype` header:
+//! `error`, `stdin`, `stdout`, `stderr` and (with a tty, protocol v3 and later)
+//! `resize`. The session starts once all the streams the request asked for exist.
+//! Output ends with FIN on its stream; the outcome is written to `error` — JSON
+//! `metav1.Status` from v4 on (exit codes as a `NonZeroExitCode` cause), plain text
+//! before — and then the connection is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_shim::protocol::FdRole;
+use skiff_spdy::{Connection, Stream, StreamReader, StreamWriter};
+use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinHandle;
+
+use super::fdio::FdIo;
+use super::{STREAM_CREATION_TIMEOUT, StdioOpts};
+use crate::pods::Runtime;
+
+/// How long output may keep flowing after an exec's process exited (a child it left
+/// behind may hold the pipe open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// What the session runs.
+pub enum What {
+    /// A new process.
+    Exec {
+        /// The container.
+        container: String,
+        /// The command.
+        cmd: Vec<String>,
+    },
+    /// The container's own stdio.
+    Attach {
+        /// The container.
+        container: String,
+    },
+}
+
+/// The negotiated protocol version: 1 for `channel.k8s.io` (or none), up to 5.
+fn version(protocol: Option<&str>) -> u8 {
+    match protocol {
+        Some("v5.channel.k8s.io") => 5,
+        Some("v4.channel.k8s.io") => 4,
+        Some("v3.channel.k8s.io") => 3,
+        Some("v2.channel.k8s.io") => 2,
+        _ => 1,
+    }
+}
+
+/// How the session ended, for the error channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success (exit code 0).
+    Success,
+    /// The process exited with this non-zero code.
+    Exit(i32),
+    /// Something failed; the message.
+    Internal(String),
+}
+
+/// The error-channel bytes for `outcome` in protocol `version` (nothing to write for a
+/// success before v4).
+pub fn status_bytes(version: u8, outcome: &Outcome) -> Vec<u8> {
+    if version >= 4 {
+        let v = match outcome {
+            Outcome::Success => serde_json::json!({"metadata": {}, "status": "Success"}),
+            Outcome::Exit(code) => serde_json::json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("command terminated with non-zero exit code: exit status {code}"),
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+            }),
+            Outcome::Internal(msg) => serde_json::json!({
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("Internal error occurred: {msg}"),
+                "reason": "InternalError",
+                "details": {"causes": [{"message": msg}]},
+                "code": 500,
+            }),
+        };
+        return v.to_string().into_bytes();
+    }
+    match outcome {
+        Outcome::Success => Vec::new(),
+        Outcome::Exit(code) => {
+            format!("command terminated with non-zero exit code: exit status {code}").into_bytes()
+        }
+        Outcome::Internal(msg) => format!("Internal error occurred: {msg}").into_bytes(),
+    }
+}
+
+#[derive(Default)]
+struct Channels {
+    error: Option<Stream>,
+    stdin: Option<Stream>,
+    stdout: Option<Stream>,
+    stderr: Option<Stream>,
+    resize: Option<Stream>,
+}
+
+/// Wait for the streams the request asked for; `None` if the client gave up or took
+/// too long.
+async fn channels(incoming: &mut Receiver<Stream>, expected: usize) -> Option<Channels> {
+    let mut ch = Channels::default();
+    let mut got = 0;
+    let deadline = tokio::time::sleep(STREAM_CREATION_TIMEOUT);
+    tokio::pin!(deadline);
+    while got < expected {
+        let stream = tokio::select! {
+            s = incoming.recv() => s?,
+            () = &mut deadline => {
+                tracing::debug!("streaming client did not open its streams in time");
+                return None;
+            }
+        };
+        let slot = match stream.header("streamtype").unwrap_or("") {
+            "error" => &mut ch.error,
+            "stdin" => &mut ch.stdin,
+            "stdout" => &mut ch.stdout,
+            "stderr" => &mut ch.stderr,
+            "resize" => &mut ch.resize,
+            other => {
+                tracing::debug!(streamtype = other, "unexpected stream type");
+                let (_, w) = stream.split();
+                w.reset().await;
+                continue;
+            }
+        };
+        if slot.is_none() {
+            got += 1;
+        }
+        *slot = Some(stream);
+    }
+    Some(ch)
+}
+
+/// Serve one exec or attach session on `conn`.
+pub async fn serve(
+    conn: Connection,
+    mut incoming: Receiver<Stream>,
+    protocol: Option<&str>,
+    io: StdioOpts,
+    what: What,
+    runtime: Arc<Runtime>,
+) {
+    let version = version(protocol);
+    let expected = 1
+        + usize::from(io.stdin)
+        + usize::from(io.stdout)
+        + usize::from(io.stderr)
+        + usize::from(io.tty && version >= 3);
+    let Some(ch) = channels(&mut incoming, expected).await else {
+        conn.close().await;
+        return;
+    };
+    // Streams opened later are not part of the protocol.
+    tokio::spawn(async move { while incoming.recv().await.is_some() {} });
+    let error = ch.error.map(|s| s.split().1);
+    let stdout = ch.stdout.map(|s| s.split().1);
+    let stderr = ch.stderr.map(|s| s.split().1);
+    let stdin = ch.stdin.map(|s| s.split().0);
+    let resize = ch.resize.map(|s| s.split().0);
+    let outcome = tokio::select! {
+        o = run(&what, io, stdin, stdout.clone(), stderr.clone(), resize, &runtime) => o,
+        () = conn.closed() => None,
+    };
+    if let Some(outcome) = outcome {
+        if let Some(w) = &error {
+            let bytes = status_bytes(version, &outcome);
+            if !bytes.is_empty() {
+                let _ = w.send(&bytes).await;
+            }
+        }
+        for w in [&error, &stdout, &stderr].into_iter().flatten() {
+            let _ = w.finish().await;
+        }
+    }
+    conn.close().await;
+}
+
+/// Run the session; `None` when it ended without an outcome to report.
+async fn run(
+    what: &What,
+    io: StdioOpts,
+    stdin: Option<StreamReader>,
+    stdout: Option<StreamWriter>,
+    stderr: Option<StreamWriter>,
+    resize: Option<StreamReader>,
+    runtime: &Arc<Runtime>,
+) -> Option<Outcome> {
+    let (container, stdio) = match what {
+        What::Exec { container, cmd } => (
+            container,
+            runtime
+                .exec_stdio(container, cmd.clone(), io.tty, io.stdin)
+                .await
+                .map_err(|e| format!("error executing command in container: {e}")),
+        ),
+        What::Attach { container } => (
+            container,
+            runtime
+                .attach_stdio(container, io.stdin)
+                .await
+                .map_err(|e| format!("error attaching to container: {e}")),
+        ),
+    };
+    let stdio = match stdio {
+        Ok(s) => s,
+        Err(msg) => return Some(Outcome::Internal(msg)),
+    };
+    let exec = matches!(what, What::Exec { .. });
+    let mut input = None;
+    let mut tty = None;
+    let mut outputs: Vec<JoinHandle<()>> = Vec::new();
+    for (role, fd) in stdio.fds {
+        let fd = match FdIo::new(fd) {
+            Ok(f) => Arc::new(f),
+            Err(e) => return Some(Outcome::Internal(format!("stdio: {e}"))),
+        };
+        match role {
+            FdRole::Stdin => input = Some(fd),
+            FdRole::Tty => {
+                input = Some(fd.clone());
+                tty = Some(fd.clone());
+                // An exec's terminal is its output too; an attach reads a copy the shim makes.
+                if exec {
+                    outputs.push(tokio::spawn(pump_out(fd, stdout.clone())));
+                }
+            }
+            FdRole::Stdout => outputs.push(tokio::spawn(pump_out(fd, stdout.clone()))),
+            FdRole::Stderr => outputs.push(tokio::spawn(pump_out(fd, stderr.clone()))),
+        }
+    }
+    let stdin_once = !exec && runtime.stdin_once(container);
+    let input_task = stdin.map(|r| {
+        let runtime = runtime.clone();
+        let container = container.clone();
+        let is_tty = tty.is_some();
+        tokio::spawn(async move {
+            pump_in(r, input, is_tty).await;
+            if stdin_once {
+                let _ = runtime.close_stdin(&container).await;
+            }
+        })
+    });
+    let resize_task = match (resize, tty) {
+        (Some(r), Some(t)) => Some(tokio::spawn(resizes(r, t))),
+        _ => None,
+    };
+    let outputs_done = async {
+        for h in outputs {
+            let _ = h.await;
+        }
+    };
+    let outputs_done = std::pin::pin!(outputs_done);
+    let mut outputs_done = outputs_done;
+    let outcome = match stdio.exit {
+        Some(exit) => {
+            let exit = exit.wait();
+            tokio::pin!(exit);
+            let mut finished = false;
+            // Output may end before the exit is reported, or (a child holding the pipe)
+            // after it: then it gets a grace period.
+            let exit = loop {
+                tokio::select! {
+                    e = &mut exit => break e,
+                    () = &mut outputs_done, if !finished => finished = true,
+                }
+            };
+            if !finished {
+                let _ = tokio::time::timeout(OUTPUT_GRACE, &mut outputs_done).await;
+            }
+            match exit {
+                Ok(e) if e.code == 0 => Outcome::Success,
+                Ok(e) => Outcome::Exit(e.code),
+                Err(e) => Outcome::Internal(format!("error executing command in container: {e}")),
+            }
+        }
+        None => {
+            outputs_done.await;
+            Outcome::Success
+        }
+    };
+    for t in [input_task, resize_task].into_iter().flatten() {
+        t.abort();
+    }
+    Some(outcome)
+}
+
+/// Copy a process's output to its stream (or drop it if the client did not ask for
+/// it), then FIN.
+async fn pump_out(fd: Arc<FdIo>, to: Option<StreamWriter>) {
+    let mut buf = vec![0u8; 32 << 10];
+    let mut to = to;
+    loop {
+        match fd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(w) = &to
+                    && w.send(&buf[..n]).await.is_err()
+                {
+                    // The client is gone; keep draining so the process never blocks.
+                    to = None;
+                }
+            }
+        }
+    }
+    if let Some(w) = to {
+        let _ = w.finish().await;
+    }
+}
+
+/// Copy the client's input to the process; at its end close the pipe (a terminal
+/// stays open: its master carries the output too).
+async fn pump_in(mut from: StreamReader, to: Option<Arc<FdIo>>, is_tty: bool) {
+    while let Some(chunk) = from.recv().await {
+        if let Some(fd) = &to
+            && fd.write_all(&chunk).await.is_err()
+        {
+            break;
+        }
+    }
+    if !is_tty {
+        drop(to);
+    }
+}
+
+/// Apply the client's terminal sizes (a stream of JSON objects `{"Width", "Height"}`).
+async fn resizes(mut from: StreamReader, tty: Arc<FdIo>) {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = from.recv().await {
+        buf.extend_from_slice(&chunk);
+        let mut consumed = 0;
+        let mut sizes = serde_json::Deserializer::from_slice(&buf).into_iter::<TermSize>();
+        loop {
+            match sizes.next() {
+                Some(Ok(size)) => {
+                    consumed = sizes.byte_offset();
+                    apply_size(&tty, size);
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    // Garbage: drop what we have and go on with later sizes.
+                    consumed = buf.len();
+                    break;
+                }
+                None => break,
+            }
+        }
+        buf.drain(..consumed);
+        if buf.len() > 4096 {
+            buf.clear();
+        }
+    }
+}
+
+#[derive(serde::Deserialize, Debug, Clone, Copy)]
+struct TermSize {
+    #[serde(rename = "Width", alias = "width", default)]
+    width: u64,
+    #[serde(rename = "Height", alias = "height", default)]
+    height: u64,
+}
+
+fn apply_size(tty: &FdIo, size: TermSize) {
+    if size.width == 0 || size.height == 0 {
+        return;
+    }
+    let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+    let ws = rustix::termios::Winsize {
+        ws_row: clamp(size.height),
+        ws_col: clamp(size.width),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    if let Err(e) = rustix::termios::tcsetwinsize(tty.fd(), ws) {
+        tracing::debug!(error = %e, "resize terminal");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_formats_per_version() {
+        let ok = String::from_utf8(status_bytes(4, &Outcome::Success)).unwrap();
+        assert_eq!(ok, r#"{"metadata":{},"status":"Success"}"#);
+        let v: serde_json::Value =
+            serde_json::from_slice(&status_bytes(5, &Outcome::Exit(3))).unwrap();
+        assert_eq!(v["reason"], "NonZeroExitCode");
+        assert_eq!(v["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+        let v: serde_json::Value =
+            serde_json::from_slice(&status_bytes(4, &Outcome::Internal("boom".into()))).unwrap();
+        assert_eq!(v["reason"], "InternalError");
+        assert_eq!(v["code"], 500);
+        assert!(status_bytes(3, &Outcome::Success).is_empty());
+        assert_eq!(
+            status_bytes(2, &Outcome::Exit(1)),
+            b"command terminated with non-zero exit code: exit status 1"
+        );
+    }
+
+    #[test]
+    fn versions_from_protocol_names() {
+        assert_eq!(version(Some("v5.channel.k8s.io")), 5);
+        assert_eq!(version(Some("v3.channel.k8s.io")), 3);
+        assert_eq!(version(Some("channel.k8s.io")), 1);
+        assert_eq!(version(None), 1);
+    }
+}
