@@ -101,6 +101,18 @@ async fn unimplemented_and_invalid_requests_get_clear_codes() {
     // A well-formed request for a feature not built yet: Unimplemented, naming the method.
     let e = c
         .runtime
+        .checkpoint_container(api::CheckpointContainerRequest {
+            container_id: "c1".into(),
+            location: "/tmp/c1.tar".into(),
+            timeout: 10,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    assert!(e.message().contains("CheckpointContainer"), "{e:?}");
+    // Streaming requests for objects that do not exist: NotFound.
+    let e = c
+        .runtime
         .exec(api::ExecRequest {
             container_id: "c1".into(),
             cmd: vec!["sh".into()],
@@ -109,8 +121,7 @@ async fn unimplemented_and_invalid_requests_get_clear_codes() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
-    assert!(e.message().contains("Exec"), "{e:?}");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     let e = c
         .runtime
         .port_forward(api::PortForwardRequest {
@@ -119,7 +130,7 @@ async fn unimplemented_and_invalid_requests_get_clear_codes() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
     // An unknown runtime handler is refused, naming it.
     let pod = api::RunPodSandboxRequest {
