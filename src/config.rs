@@ -25,8 +25,10 @@ pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 pub const DEFAULT_BRIDGE: &str = "skiff0";
 /// Default CNI configuration directory (as containerd's).
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-/// Default CNI plugin directory (as containerd's).
-pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// Default CNI plugin directories, searched in order: Debian's
+/// `containernetworking-plugins` installs into `/usr/lib/cni`, upstream releases into
+/// `/opt/cni/bin`.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/usr/lib/cni:/opt/cni/bin";
 /// Default registry hosts directory (containerd's `certs.d` layout).
 pub const DEFAULT_REGISTRY_CONFIG_PATH: &str = "/etc/skiff/certs.d";
 /// Default streaming server address: loopback, ephemeral port.
@@ -117,8 +119,8 @@ pub struct NetworkSection {
     pub bridge: Option<String>,
     /// CNI configuration directory.
     pub cni_conf_dir: Option<PathBuf>,
-    /// CNI plugin directory.
-    pub cni_bin_dir: Option<PathBuf>,
+    /// CNI plugin directories, `:`-separated (as `CNI_PATH`).
+    pub cni_bin_dir: Option<String>,
 }
 
 /// `[runtime]`.
@@ -223,8 +225,8 @@ pub struct Config {
     pub bridge: String,
     /// CNI configuration directory.
     pub cni_conf_dir: PathBuf,
-    /// CNI plugin directory.
-    pub cni_bin_dir: PathBuf,
+    /// CNI plugin directories, searched in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
     /// The handler name used for RuntimeClass `""`.
     pub default_handler: String,
     /// Every handler, by name (always includes `runc` and `crun`).
@@ -466,11 +468,8 @@ impl Config {
                 "network.cni_conf_dir",
                 DEFAULT_CNI_CONF_DIR,
             )?,
-            cni_bin_dir: path_or(
-                &file.network.cni_bin_dir,
-                "network.cni_bin_dir",
-                DEFAULT_CNI_BIN_DIR,
-            )?,
+            cni_bin_dirs: path_list(file.network.cni_bin_dir.as_deref(), DEFAULT_CNI_BIN_DIR)
+                .map_err(|reason| invalid("network.cni_bin_dir", reason))?,
             default_handler,
             handlers,
             streaming_address,
@@ -495,6 +494,23 @@ impl Config {
     /// The path of the metadata database.
     pub fn meta_path(&self) -> PathBuf {
         self.root.join("meta.redb")
+    }
+}
+
+/// A `:`-separated list of absolute directories (`default` when not given).
+fn path_list(text: Option<&str>, default: &str) -> Result<Vec<PathBuf>, String> {
+    let text = text.unwrap_or(default);
+    let dirs: Vec<PathBuf> = text
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if dirs.is_empty() {
+        return Err("names no directory".into());
+    }
+    match dirs.iter().find(|d| !d.is_absolute()) {
+        Some(d) => Err(format!("{} is not an absolute path", d.display())),
+        None => Ok(dirs),
     }
 }
 
@@ -544,6 +560,11 @@ mod tests {
         assert_eq!(c.bridge, "skiff0");
         assert_eq!(c.default_handler, "runc");
         assert_eq!(c.network_mode, NetworkMode::Bridge);
+        assert_eq!(
+            c.cni_bin_dirs,
+            [PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]
+        );
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.streaming_address.to_string(), "127.0.0.1:0");
         assert_eq!(c.handler("").unwrap().name, "runc");
     }
@@ -574,7 +595,7 @@ mod tests {
             pod_cidr = "10.200.0.0/24"
             bridge = "br-pods"
             cni_conf_dir = "/etc/cni/net.d"
-            cni_bin_dir = "/usr/lib/cni"
+            cni_bin_dir = "/usr/lib/cni:/usr/local/lib/cni"
             [runtime]
             default_handler = "fast"
             [runtime.handlers.fast]
@@ -586,6 +607,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.network_mode, NetworkMode::Cni);
+        assert_eq!(
+            c.cni_bin_dirs,
+            [
+                PathBuf::from("/usr/lib/cni"),
+                PathBuf::from("/usr/local/lib/cni")
+            ]
+        );
         assert!(c.pod_cidr_from_file);
         assert_eq!(
             c.handler("").unwrap().binary,
@@ -637,6 +665,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("streaming.address"), "{e}");
+        let e = resolve("[network]\ncni_bin_dir = \"/usr/lib/cni:bin\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("network.cni_bin_dir") && e.contains("bin"),
+            "{e}"
+        );
+        let e = resolve("[network]\ncni_bin_dir = \":\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.cni_bin_dir"), "{e}");
         let e = resolve("root = \"relative\"").unwrap_err().to_string();
         assert!(e.contains("`root`"), "{e}");
         let e = resolve("[network]\nbridge = \"a-very-long-bridge-name\"")

@@ -8,7 +8,7 @@ use skiff_cri::api;
 use skiff_cri::ports::{InfoPort, PortResult};
 use tonic::async_trait;
 
-use crate::config::Config;
+use crate::config::{Config, NetworkMode};
 use crate::error::ServiceError;
 use crate::meta::{MetaStore, Table};
 
@@ -62,6 +62,22 @@ impl Info {
             // Debian's runc 1.1.5 has no idmapped mounts, so no user namespaces.
             user_namespaces: false,
         }
+    }
+
+    /// Why pod networking is not ready, or `None` when it is. In CNI mode this is read
+    /// now: a valid network list whose plugins are all installed (a configuration a
+    /// network add-on installs after skiffd started counts from then on).
+    fn network_problem(&self) -> Option<String> {
+        if self.config.network_mode != NetworkMode::Cni {
+            return self.network_problem.clone();
+        }
+        skiff_net::cni::Cni::new(
+            self.config.cni_conf_dir.clone(),
+            self.config.cni_bin_dirs.clone(),
+        )
+        .load()
+        .err()
+        .map(|e| e.to_string())
     }
 
     /// Why the runtime is not ready, or `None` when it is.
@@ -166,7 +182,7 @@ impl InfoPort for Info {
         let runtime = condition("RuntimeReady", self.runtime_problem(), "RuntimeNotReady");
         let network = condition(
             "NetworkReady",
-            self.network_problem.clone(),
+            self.network_problem(),
             "NetworkPluginNotReady",
         );
         let mut handlers = vec![api::RuntimeHandler {

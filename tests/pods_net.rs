@@ -5,154 +5,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::RegistryEnv;
+use common::net::{
+    create_and_start, ctr_config, exec, no_answer, pod_config, pod_ip, port, run_pod, wait_http,
+    wget,
+};
 use skiff_cri::api;
 use skiff_cri::client::CriClient;
 use skiff_testkit::NetNs;
-use skiff_testkit::image::{Compression, ImageBuilder, busybox_rootfs};
-
-const IMAGE: &str = "127.0.0.1:5000/test/busybox:net";
 
 /// The node's address towards the other host, and the other host's.
 const NODE_EXT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
-
-/// skiffd + registry with a busybox image that has `/www/index.html` ("hello") pulled.
-async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
-    let env = common::start_with_registry(test, "", &[])?;
-    let mut rootfs = busybox_rootfs().unwrap();
-    rootfs
-        .dir("www", 0o755)
-        .file("www/index.html", 0o644, "hello from the pod\n");
-    let image = ImageBuilder::new()
-        .layer(rootfs.finish(Compression::Gzip).unwrap())
-        .cmd(["sh"])
-        .build();
-    env.push("test/busybox", "net", &image);
-    let mut c = env.skiffd.client().await;
-    c.images
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull test image");
-    Some((env, c))
-}
-
-fn pod_config(name: &str, logs: &Path, ports: Vec<api::PortMapping>) -> api::PodSandboxConfig {
-    api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("{name}-uid"),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: logs.display().to_string(),
-        port_mappings: ports,
-        linux: Some(api::LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
-fn port(protocol: api::Protocol, container: i32, host: i32, host_ip: &str) -> api::PortMapping {
-    api::PortMapping {
-        protocol: protocol as i32,
-        container_port: container,
-        host_port: host,
-        host_ip: host_ip.into(),
-    }
-}
-
-fn ctr_config(name: &str, cmd: &[&str]) -> api::ContainerConfig {
-    api::ContainerConfig {
-        metadata: Some(api::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(api::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(api::LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
-async fn run_pod(c: &mut CriClient, cfg: &api::PodSandboxConfig) -> Result<String, tonic::Status> {
-    c.runtime
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn create_and_start(
-    c: &mut CriClient,
-    pod: &str,
-    pod_cfg: &api::PodSandboxConfig,
-    cfg: api::ContainerConfig,
-) -> String {
-    let id = c
-        .runtime
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(api::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    id
-}
-
-async fn exec(c: &mut CriClient, id: &str, cmd: &[&str], timeout: i64) -> api::ExecSyncResponse {
-    c.runtime
-        .exec_sync(api::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner()
-}
-
-async fn pod_ip(c: &mut CriClient, pod: &str) -> String {
-    c.runtime
-        .pod_sandbox_status(api::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip
-}
 
 /// `nft list table ip skiff` in skiffd's namespace (empty when there is no table).
 fn ruleset(env: &RegistryEnv) -> String {
@@ -168,39 +36,6 @@ fn ruleset(env: &RegistryEnv) -> String {
 fn nft(env: &RegistryEnv, args: &[&str]) {
     let out = env.netns.command("nft").args(args).output().unwrap();
     assert!(out.status.success(), "nft {args:?}: {out:?}");
-}
-
-/// One HTTP/1.0 GET of `/` from the calling thread's namespace.
-fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-/// GET `addr` from inside `ns` until the pod answers (its httpd may still be starting).
-fn wait_http(ns: &NetNs, addr: &str) -> String {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let start = Instant::now();
-    loop {
-        match ns.run(|| http_get(addr)) {
-            Ok(body) if body.contains("hello from the pod") => return body,
-            r => assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{addr} from {}: {r:?}",
-                ns.name()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Whether a TCP connection to `addr` from inside `ns` is refused or times out.
-fn no_answer(ns: &NetNs, addr: &str) -> bool {
-    let addr: SocketAddr = addr.parse().unwrap();
-    ns.run(|| http_get(addr)).is_err()
 }
 
 /// Another host: a namespace joined to skiffd's by the veth pair `ext0` (node side,
@@ -286,7 +121,7 @@ async fn ping_outside(c: &mut CriClient, ctr: &str) -> i32 {
 #[tokio::test]
 async fn host_ports_and_masquerade_work_and_survive_a_restart() {
     let Some((mut env, mut c)) =
-        setup("host_ports_and_masquerade_work_and_survive_a_restart").await
+        common::net::setup("host_ports_and_masquerade_work_and_survive_a_restart", "").await
     else {
         return;
     };
@@ -351,50 +186,15 @@ async fn host_ports_and_masquerade_work_and_survive_a_restart() {
         ctr_config("peer", &["sleep", "3600"]),
     )
     .await;
-    let r = exec(
-        &mut c,
-        &peer_ctr,
-        &[
-            // (busybox 1.35's `wget -T` crashes)
-            "timeout",
-            "8",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://10.88.0.1:18080/index.html",
-        ],
-        10,
-    )
-    .await;
-    assert_eq!(
-        (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned()),
-        (0, "hello from the pod\n".to_string()),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let (code, body, err) = wget(&mut c, &peer_ctr, "http://10.88.0.1:18080/index.html").await;
+    assert_eq!((code, body.as_str()), (0, "hello from the pod\n"), "{err}");
 
     // Hairpin: the pod reaches its own hostPort through the node.
-    let r = exec(
-        &mut c,
-        &web,
-        &[
-            "timeout",
-            "8",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://10.88.0.1:18080/index.html",
-        ],
-        10,
-    )
-    .await;
+    let (code, body, err) = wget(&mut c, &web, "http://10.88.0.1:18080/index.html").await;
     assert_eq!(
-        (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned()),
-        (0, "hello from the pod\n".to_string()),
-        "hairpin: {}",
-        String::from_utf8_lossy(&r.stderr)
+        (code, body.as_str()),
+        (0, "hello from the pod\n"),
+        "hairpin: {err}"
     );
 
     // (3) Outbound: the other host sees the node's address, not the pod's.
@@ -478,8 +278,11 @@ async fn host_ports_and_masquerade_work_and_survive_a_restart() {
 
 #[tokio::test]
 async fn invalid_port_mappings_are_refused_and_leave_nothing_behind() {
-    let Some((env, mut c)) =
-        setup("invalid_port_mappings_are_refused_and_leave_nothing_behind").await
+    let Some((env, mut c)) = common::net::setup(
+        "invalid_port_mappings_are_refused_and_leave_nothing_behind",
+        "",
+    )
+    .await
     else {
         return;
     };

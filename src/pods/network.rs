@@ -1,25 +1,84 @@
-//! Pod networking glue: the built-in bridge (crates/net) plus IPAM persisted in the
-//! metadata store (`ips` table: address → pod id), so an address is never handed out
-//! twice, also across a SIGKILL of skiffd; and skiff's nftables table (masquerade for
-//! the pod CIDR, hostPort DNAT per pod), rebuilt from the pod records at start-up.
+//! Pod networking glue, in one of two modes (`[network] mode`):
+//!
+//! - `bridge`: the built-in bridge (crates/net) plus IPAM persisted in the metadata
+//!   store (`ips` table: address → pod id), so an address is never handed out twice,
+//!   also across a SIGKILL of skiffd; and skiff's nftables table (masquerade for the
+//!   pod CIDR, hostPort DNAT per pod), rebuilt from the pod records at start-up.
+//! - `cni`: the CNI plugins of the configuration directory's network list
+//!   (`skiff_net::cni`). Each pod's attachment (the list as used, the pod's identity,
+//!   the ADD result) is kept in the `cni` table, written before ADD runs, so DEL gets
+//!   the same configuration and the cached result after a restart, and an ADD cut
+//!   short by a crash is undone at start-up. skiff makes no bridge or nftables table.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use skiff_cri::api;
 use skiff_meta::Table;
+use skiff_net::cni::{Attachment, Cni, CniError, Dns, PodRef, PortMapping};
 use skiff_net::nft::{HostPort, Nft, NftError, PodPorts};
-use skiff_net::{BridgeConfig, BridgeNetwork};
+use skiff_net::{BridgeConfig, BridgeNetwork, NetError};
 
 use super::records::{PodRecord, PodState};
 use super::{Runtime, RuntimeError};
 use crate::config::NetworkMode;
 
-/// The built-in pod network: the bridge, and nftables for masquerade and hostPorts
-/// (`None` when nftables could not be set up; `NetworkReady` then says why).
-pub(super) struct PodNetwork {
-    bridge: BridgeNetwork,
-    nft: Option<Arc<Nft>>,
+/// CNI attachments: pod id → [`Attachment`].
+pub const CNI: Table = Table::named("cni");
+
+/// The pod network of the configured mode.
+pub(super) enum PodNetwork {
+    /// The built-in bridge, and nftables for masquerade and hostPorts (`None` when
+    /// nftables could not be set up; `NetworkReady` then says why).
+    Bridge {
+        /// The bridge.
+        bridge: BridgeNetwork,
+        /// skiff's nftables table.
+        nft: Option<Arc<Nft>>,
+    },
+    /// CNI plugins; the network list is read again for every pod, so a configuration
+    /// installed or changed while skiffd runs is used.
+    Cni(Cni),
+}
+
+/// A CNI error as the CRI sees it: the node's configuration is a precondition.
+fn cni_error(e: CniError) -> RuntimeError {
+    if e.is_config() {
+        RuntimeError::Precondition(e.to_string())
+    } else {
+        RuntimeError::Net(NetError::Cni(e))
+    }
+}
+
+/// The pod's hostPort mappings as the `portMappings` capability carries them
+/// (`host_port == 0` entries dropped, as containerd does).
+fn cni_port_mappings(c: &api::PodSandboxConfig) -> Vec<PortMapping> {
+    c.port_mappings
+        .iter()
+        .filter(|m| m.host_port > 0)
+        .map(|m| PortMapping {
+            host_port: m.host_port,
+            container_port: m.container_port,
+            protocol: api::Protocol::try_from(m.protocol)
+                .unwrap_or(api::Protocol::Tcp)
+                .as_str_name()
+                .to_ascii_lowercase(),
+            host_ip: m.host_ip.clone(),
+        })
+        .collect()
+}
+
+/// The pod's DNS settings for the `dns` capability, if it has any.
+fn cni_dns(c: &api::PodSandboxConfig) -> Option<Dns> {
+    let d = c.dns_config.as_ref()?;
+    let dns = Dns {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    };
+    (dns != Dns::default()).then_some(dns)
 }
 
 /// The pod's hostPort mappings from its CRI config (`host_port == 0` entries dropped).
@@ -55,14 +114,30 @@ async fn nft_blocking<T: Send + 'static>(
 }
 
 impl Runtime {
-    /// Bring up the bridge network; the problem for `NetworkReady` if it cannot be.
+    /// The CNI plugin runner of the configured directories (also used in bridge mode,
+    /// to undo attachments left from a run in CNI mode).
+    fn cni(&self) -> Cni {
+        Cni::new(
+            self.config.cni_conf_dir.clone(),
+            self.config.cni_bin_dirs.clone(),
+        )
+    }
+
+    /// Bring up the pod network of the configured mode; the problem for `NetworkReady`
+    /// if it cannot be.
     pub async fn init_network(&self) -> Option<String> {
         if self.config.network_mode == NetworkMode::Cni {
-            return Some(
-                "network.mode = \"cni\" is configured but CNI execution is not implemented yet; \
-                 pods get a network namespace with loopback only"
-                    .into(),
-            );
+            let cni = self.cni();
+            let problem = match cni.load() {
+                Ok(list) => {
+                    tracing::info!(network = %list.name, config = %list.source.display(),
+                        "pod network: CNI");
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            let _ = self.net.set(Arc::new(PodNetwork::Cni(cni)));
+            return problem;
         }
         let mut cidr = self.config.pod_cidr;
         if !self.config.pod_cidr_from_file
@@ -95,7 +170,7 @@ impl Runtime {
         if problem.is_none() {
             tracing::info!(bridge = %self.config.bridge, cidr = %cidr, "pod network ready");
         }
-        let _ = self.net.set(Arc::new(PodNetwork { bridge, nft }));
+        let _ = self.net.set(Arc::new(PodNetwork::Bridge { bridge, nft }));
         problem
     }
 
@@ -135,15 +210,29 @@ impl Runtime {
         }
     }
 
-    /// Wire a pod that has its own network namespace; records ip and veth.
-    /// Its hostPorts are DNATed to it; on failure the caller tears down what was made.
+    /// Wire a pod that has its own network namespace; records its ip (and veth).
+    /// On failure the caller tears down what was made.
     pub(super) async fn setup_network(&self, rec: &mut PodRecord) -> Result<(), RuntimeError> {
         let (Some(net), Some(ns)) = (self.net.get().cloned(), rec.ns.net.clone()) else {
             return Ok(());
         };
+        match &*net {
+            PodNetwork::Bridge { bridge, nft } => self.setup_bridge(bridge, nft, rec, ns).await,
+            PodNetwork::Cni(cni) => self.setup_cni(cni, rec, ns).await,
+        }
+    }
+
+    /// Built-in: address, veth pair, and hostPorts DNATed to the pod.
+    async fn setup_bridge(
+        &self,
+        bridge: &BridgeNetwork,
+        nft: &Option<Arc<Nft>>,
+        rec: &mut PodRecord,
+        ns: PathBuf,
+    ) -> Result<(), RuntimeError> {
         // Refused before anything is allocated.
         let ports = host_ports(rec)?;
-        let nft = match (&net.nft, ports.is_empty()) {
+        let nft = match (nft, ports.is_empty()) {
             (_, true) => None,
             (Some(nft), false) => Some(nft.clone()),
             (None, false) => {
@@ -154,11 +243,11 @@ impl Runtime {
                 ));
             }
         };
-        let ip = self.allocate_ip(&net.bridge, &rec.id)?;
+        let ip = self.allocate_ip(bridge, &rec.id)?;
         rec.ip = Some(ip);
         rec.host_veth = Some(skiff_net::host_veth(&rec.id));
         self.save_pod(rec)?;
-        net.bridge.setup(&rec.id, &ns, ip).await?;
+        bridge.setup(&rec.id, &ns, ip).await?;
         if let Some(nft) = nft {
             let id = rec.id.clone();
             nft_blocking("add host ports", move || nft.add_pod(&id, ip, &ports)).await?;
@@ -167,10 +256,58 @@ impl Runtime {
         Ok(())
     }
 
-    /// Undo a pod's network: hostPort rules, veth pair and addresses. Idempotent.
-    pub(super) async fn teardown_network(&self, p: &PodRecord) {
-        if let Some(net) = self.net.get() {
-            if let Some(nft) = net.nft.clone()
+    /// CNI: read the network list, record the attachment, run ADD. The pod's address
+    /// is the result's first IPv4 address on `eth0`.
+    async fn setup_cni(
+        &self,
+        cni: &Cni,
+        rec: &mut PodRecord,
+        netns: PathBuf,
+    ) -> Result<(), RuntimeError> {
+        let list = cni.load().map_err(cni_error)?;
+        let c = super::pod_config(rec);
+        let m = c.metadata.clone().unwrap_or_default();
+        let pod = PodRef {
+            container_id: rec.id.clone(),
+            netns,
+            ifname: skiff_net::cni::DEFAULT_IFNAME.into(),
+            namespace: m.namespace,
+            name: m.name,
+            uid: m.uid,
+            port_mappings: cni_port_mappings(&c),
+            dns: cni_dns(&c),
+        };
+        // Recorded before any plugin runs: a crash during ADD is undone at start-up.
+        self.meta.put(
+            CNI,
+            &rec.id,
+            &Attachment::pending(list.clone(), pod.clone()),
+        )?;
+        let att = match cni.add(&list, &pod).await {
+            Ok(att) => att,
+            Err(e) => {
+                // ADD was undone; only a DEL that failed too leaves the record for a retry.
+                if !matches!(e, CniError::AddUndoFailed { .. }) {
+                    self.meta.delete(CNI, &rec.id)?;
+                }
+                return Err(cni_error(e));
+            }
+        };
+        self.meta.put(CNI, &rec.id, &att)?;
+        rec.ip = att.ipv4();
+        self.save_pod(rec)?;
+        tracing::debug!(pod_id = %rec.id, network = %list.name, ip = ?rec.ip, "CNI ADD done");
+        Ok(())
+    }
+
+    /// Undo a pod's network: hostPort rules, veth pair and addresses, or its CNI
+    /// attachment. Idempotent. Only a failed CNI DEL is an error; its record stays, and
+    /// the DEL is tried again by the next StopPodSandbox and at start-up.
+    pub(super) async fn teardown_network(&self, p: &PodRecord) -> Result<(), RuntimeError> {
+        if let Some(net) = self.net.get()
+            && let PodNetwork::Bridge { bridge, nft } = &**net
+        {
+            if let Some(nft) = nft.clone()
                 && wants_host_ports(p)
             {
                 let id = p.id.clone();
@@ -180,12 +317,49 @@ impl Runtime {
                 }
             }
             if let Some(veth) = &p.host_veth
-                && let Err(e) = net.bridge.teardown(veth).await
+                && let Err(e) = bridge.teardown(veth).await
             {
                 tracing::warn!(pod_id = %p.id, error = %e, "tear down pod network");
             }
         }
         self.release_ips(&p.id);
+        self.teardown_cni(&p.id).await
+    }
+
+    /// CNI DEL of the pod's recorded attachment, if it has one; the record goes once
+    /// DEL succeeded.
+    pub(super) async fn teardown_cni(&self, pod_id: &str) -> Result<(), RuntimeError> {
+        let Some(att) = self.meta.get::<Attachment>(CNI, pod_id)? else {
+            return Ok(());
+        };
+        self.cni().del(&att).await.map_err(cni_error)?;
+        self.meta.delete(CNI, pod_id)?;
+        tracing::debug!(pod_id, network = %att.network.name, "CNI DEL done");
+        Ok(())
+    }
+
+    /// For a verbose PodSandboxStatus: the pod's CNI network, cached result and a
+    /// CHECK run now (while the pod is ready).
+    pub(super) async fn network_info(&self, p: &PodRecord) -> Option<serde_json::Value> {
+        let att = self.meta.get::<Attachment>(CNI, &p.id).ok()??;
+        let check = if p.state != PodState::Ready {
+            "not run: the pod is not ready".to_string()
+        } else {
+            match self.cni().check(&att).await {
+                Ok(true) => "passed".to_string(),
+                Ok(false) => format!(
+                    "not run: cniVersion {} has no CHECK, or the list disables it",
+                    att.network.cni_version
+                ),
+                Err(e) => format!("failed: {e}"),
+            }
+        };
+        Some(serde_json::json!({
+            "network": att.network.name,
+            "config": att.network.source,
+            "result": att.result,
+            "check": check,
+        }))
     }
 
     /// At start-up: addresses of pods that are gone or stopped are released, veth
@@ -204,19 +378,29 @@ impl Runtime {
                 self.meta.delete(Table::IPS, &ip)?;
             }
         }
-        if let Some(net) = self.net.get() {
+        for (pod_id, _) in self.meta.list::<serde_json::Value>(CNI)? {
+            if !ready.contains(pod_id.as_str()) {
+                tracing::info!(pod_id, "undoing the CNI attachment of a pod that is gone");
+                if let Err(e) = self.teardown_cni(&pod_id).await {
+                    tracing::warn!(pod_id, error = %e, "CNI DEL; tried again at the next start");
+                }
+            }
+        }
+        if let Some(net) = self.net.get()
+            && let PodNetwork::Bridge { bridge, nft } = &**net
+        {
             let owned: HashSet<String> = pods
                 .iter()
                 .filter(|p| p.state == PodState::Ready)
                 .filter_map(|p| p.host_veth.clone())
                 .collect();
-            for link in net.bridge.pod_links().await? {
+            for link in bridge.pod_links().await? {
                 if !owned.contains(&link) {
                     tracing::info!(link, "deleting a veth no pod owns");
-                    net.bridge.teardown(&link).await?;
+                    bridge.teardown(&link).await?;
                 }
             }
-            if let Some(nft) = net.nft.clone() {
+            if let Some(nft) = nft.clone() {
                 let live: Vec<PodPorts> = pods
                     .iter()
                     .filter(|p| p.state == PodState::Ready)

@@ -124,9 +124,10 @@ fn write_pod_files(
     Ok(())
 }
 
-/// Undo what a (possibly half-made) pod holds on the host: shim, namespaces, shm,
-/// cgroups. Every step tolerates what is already gone.
-async fn release_pod(rt: &Runtime, p: &PodRecord) {
+/// Undo what a (possibly half-made) pod holds on the host: shim, network, namespaces,
+/// shm, cgroups. Every step tolerates what is already gone and runs whatever the others
+/// did; a failed CNI DEL (which stays recorded for a retry) is returned at the end.
+async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), RuntimeError> {
     if p.shim_socket.exists() {
         let r = shim::call(&p.id, &p.shim_socket, &Request::Shutdown, Some(shim::SHORT)).await;
         if let Err(e) = r {
@@ -141,7 +142,7 @@ async fn release_pod(rt: &Runtime, p: &PodRecord) {
         }
         let _ = fs::remove_file(&p.shim_socket);
     }
-    rt.teardown_network(p).await;
+    let network = rt.teardown_network(p).await;
     sys::release_namespaces(&p.ns);
     if let Some(shm) = &p.shm {
         let _ = sys::unmount(shm);
@@ -151,6 +152,7 @@ async fn release_pod(rt: &Runtime, p: &PodRecord) {
     {
         tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
     }
+    network
 }
 
 impl Runtime {
@@ -224,8 +226,11 @@ impl Runtime {
         match made {
             Ok(()) => Ok(id),
             Err(e) => {
-                release_pod(self, &rec).await;
+                if let Err(net) = release_pod(self, &rec).await {
+                    tracing::warn!(pod_id = %id, error = %net, "undo the pod's network");
+                }
                 let _ = fs::remove_dir_all(&dir);
+                let _ = fs::remove_dir(self.config.state.join("ns").join(&id));
                 let _ = self.meta.delete(Table::PODS, &id);
                 self.release(POD_NAMES, &key);
                 Err(e)
@@ -243,6 +248,7 @@ impl Runtime {
         handler: &crate::config::Handler,
     ) -> Result<(), RuntimeError> {
         let dir = rec.dir.clone();
+        let mut steps = Steps::new();
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         write_pod_files(&dir, c, host_net)?;
         let hostname = fs::read_to_string(dir.join("hostname"))
@@ -264,6 +270,7 @@ impl Runtime {
             uts: spec.uts.then(|| ns_dir.join("uts")),
         };
         self.save_pod(rec)?;
+        steps.mark("files");
         let made = tokio::task::spawn_blocking({
             let ns_dir = ns_dir.clone();
             move || sys::create_pod_namespaces(&ns_dir, &spec)
@@ -271,7 +278,9 @@ impl Runtime {
         .await
         .map_err(|e| RuntimeError::Invalid(format!("namespace task: {e}")))??;
         rec.ns = made;
+        steps.mark("namespaces");
         self.setup_network(rec).await?;
+        steps.mark("network");
         if let Some(ip) = rec.ip {
             let hosts = dir.join("hosts");
             let line = format!("{ip}\t{}\n", spec_hostname(&dir));
@@ -298,6 +307,7 @@ impl Runtime {
             (None, Vec::new())
         };
         self.save_pod(rec)?;
+        steps.mark("shm+cgroup");
         let started = shim::start(&shim::ShimStart {
             binary: self.shim_binary.clone(),
             opts: skiff_shim::server::Options {
@@ -311,6 +321,7 @@ impl Runtime {
             },
         })
         .await?;
+        steps.mark("shim");
         rec.shim_pid = started.pid;
         rec.pause_pid = started.pause_pid;
         if rec.pid_mode == PidMode::Pod && rec.pause_pid.is_none() {
@@ -320,6 +331,8 @@ impl Runtime {
             });
         }
         self.save_pod(rec)?;
+        steps.mark("record");
+        tracing::debug!(pod_id = %rec.id, steps = %steps, "pod sandbox made");
         Ok(())
     }
 
@@ -346,7 +359,7 @@ impl Runtime {
             }
         }
         if p.state == PodState::Ready {
-            release_pod(self, &p).await;
+            let released = release_pod(self, &p).await;
             // Containers the shim deleted are no longer running; record that.
             for mut c in self.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
                 if c.state != CtrState::Exited {
@@ -356,6 +369,11 @@ impl Runtime {
             }
             p.state = PodState::NotReady;
             self.save_pod(&p)?;
+            // A failed CNI DEL goes to the kubelet, which calls StopPodSandbox again.
+            released?;
+        } else {
+            // A CNI DEL that failed before is tried again.
+            self.teardown_cni(&p.id).await?;
         }
         Ok(())
     }
@@ -422,8 +440,8 @@ impl Runtime {
         }
     }
 
-    fn pod_info(&self, p: &PodRecord) -> HashMap<String, String> {
-        let info = serde_json::json!({
+    fn pod_info(&self, p: &PodRecord, cni: Option<serde_json::Value>) -> HashMap<String, String> {
+        let mut info = serde_json::json!({
             "pid": p.pause_pid.unwrap_or(0),
             "shimPid": p.shim_pid,
             "shimSocket": p.shim_socket,
@@ -433,6 +451,9 @@ impl Runtime {
             "runtimeHandler": p.handler,
             "stateDir": p.dir,
         });
+        if let Some(cni) = cni {
+            info["cni"] = cni;
+        }
         HashMap::from([("info".to_string(), info.to_string())])
     }
 }
@@ -524,7 +545,9 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
                 rt.save_container(&c)?;
             }
         }
-        release_pod(rt, &p).await;
+        if let Err(e) = release_pod(rt, &p).await {
+            tracing::warn!(pod_id = %p.id, error = %e, "undo the pod's network; tried again at the next start");
+        }
         let mut p = p;
         p.state = PodState::NotReady;
         rt.save_pod(&p)?;
@@ -574,7 +597,7 @@ impl PodPort for Service {
         Ok(api::PodSandboxStatusResponse {
             status: Some(rt.pod_status(&p)),
             info: if req.verbose {
-                rt.pod_info(&p)
+                rt.pod_info(&p, rt.network_info(&p).await)
             } else {
                 HashMap::new()
             },
@@ -610,6 +633,37 @@ impl PodPort for Service {
             .collect();
         items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         Ok(api::ListPodSandboxResponse { items })
+    }
+}
+
+/// Where the time of a multi-step operation went, for a debug log line.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The step `name` ended now.
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now.duration_since(self.last).as_micros()));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, us)) in self.done.iter().enumerate() {
+            write!(f, "{}{name}={us}us", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
     }
 }
 

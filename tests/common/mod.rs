@@ -1,6 +1,8 @@
 //! Shared set-up for skiffd's end-to-end tests.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::Path;
 
 use skiff_testkit::NetNs;

@@ -1,7 +1,10 @@
-//! skiff's built-in pod networking, in-process over netlink (no exec on the fast path):
-//! a bridge in the daemon's network namespace with the gateway address, one veth
-//! pair per pod with the pod end moved into the pod's namespace as `eth0`, an address
-//! from skiff's IPAM and a default route via the gateway.
+//! skiff's pod networking.
+//!
+//! Built in (this module), in-process over netlink (no exec on the fast path): a
+//! bridge in the daemon's network namespace with the gateway address, one veth pair
+//! per pod with the pod end moved into the pod's namespace as `eth0`, an address from
+//! skiff's IPAM and a default route via the gateway; [`nft`] adds masquerade and
+//! hostPorts. [`cni`] is the alternative: CNI plugins run per the CNI spec.
 //!
 //! Netlink sockets belong to the network namespace of the thread that opens them, so
 //! the pod-side configuration runs on a short-lived thread that has entered the pod's
@@ -17,6 +20,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+pub mod cni;
 pub mod nft;
 
 /// Errors of pod networking.
@@ -54,6 +58,9 @@ pub enum NetError {
         /// The CIDR.
         cidr: Ipv4Net,
     },
+    /// CNI mode: the configuration or a plugin.
+    #[error(transparent)]
+    Cni(#[from] cni::CniError),
 }
 
 impl NetError {
