@@ -62,13 +62,24 @@ impl Machine {
         }
     }
 
-    /// The markdown block.
-    pub fn markdown(&self) -> String {
+    /// The machine alone (CPU, memory, kernel), for scenarios that run no daemon.
+    pub fn host_markdown(&self) -> String {
         format!(
             "## Machine\n\n\
              - CPU: {cpus} × {model}\n\
              - memory: {mem:.1} GiB\n\
-             - kernel: {kernel}\n\
+             - kernel: {kernel}\n",
+            cpus = self.cpus,
+            model = self.cpu_model,
+            mem = kib_to_gib(self.mem_kib),
+            kernel = self.kernel,
+        )
+    }
+
+    /// The markdown block.
+    pub fn markdown(&self) -> String {
+        format!(
+            "{host}\
              - stores: both daemons' root and state on one tmpfs mounted for the run; registry \
                (Debian docker-registry, storage in page cache) and both daemons in one network \
                namespace, pulls over its loopback\n\n\
@@ -77,10 +88,7 @@ impl Machine {
              - containerd: {containerd} (gzip: {gunzip})\n\
              - runc: {runc}\n\
              - tar: {tar}\n",
-            cpus = self.cpus,
-            model = self.cpu_model,
-            mem = kib_to_gib(self.mem_kib),
-            kernel = self.kernel,
+            host = self.host_markdown(),
             skiffd = self.skiffd,
             containerd = self.containerd,
             gunzip = self.containerd_gunzip,

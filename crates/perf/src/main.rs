@@ -23,7 +23,7 @@ use clap::Parser;
 use harness::{Harness, Kind, Options};
 use machine::Machine;
 use report::{DaemonLine, Report, Stamp};
-use scenario::{Outcome, Scenario, density, podstart, pull};
+use scenario::{Outcome, Scenario, density, netsetup, podstart, pull};
 
 /// skiff against containerd, side by side over CRI.
 #[derive(Debug, Parser)]
@@ -76,6 +76,12 @@ struct Args {
     /// density: seconds the pods sit idle while CPU is measured (default 10, quick 1).
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// netsetup: pods set up and torn down one at a time per path (default 200, quick 5).
+    #[arg(long)]
+    net_pods: Option<usize>,
+    /// netsetup: pods set up at once per path (default 100, quick 10).
+    #[arg(long)]
+    net_concurrent: Option<usize>,
 }
 
 fn scenarios_help() -> String {
@@ -163,6 +169,17 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.idle_secs {
         density_sizes.idle = std::time::Duration::from_secs(v);
     }
+    let mut net_sizes = if args.quick {
+        netsetup::Sizes::QUICK
+    } else {
+        netsetup::Sizes::FULL
+    };
+    if let Some(v) = args.net_pods {
+        net_sizes.pods = v.max(1);
+    }
+    if let Some(v) = args.net_concurrent {
+        net_sizes.concurrent = v.max(1);
+    }
     let quick_word = if args.quick { "quick" } else { "full" };
     let mode = format!(
         "{} mode, {} repetition{}",
@@ -178,11 +195,13 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .join(" ");
     let skiffd = std::path::absolute(&args.skiffd).context("resolving --skiffd")?;
     let machine = Machine::describe(&skiffd, &args.containerd);
-    let needs_daemons = scenarios.iter().any(|s| s.not_implemented().is_none());
+    let needs_daemons = scenarios.iter().any(|s| s.needs_daemons());
+    if scenarios.iter().any(|s| s.not_implemented().is_none()) {
+        cleanup::install_signal_handler()?;
+    }
 
     let mut harness = if needs_daemons {
         harness::preflight()?;
-        cleanup::install_signal_handler()?;
         let mount_point = std::env::temp_dir().join(format!("skiff-perf-{}", std::process::id()));
         eprintln!(
             "skiff-perf: starting registry, containerd and skiffd on tmpfs {}",
@@ -217,6 +236,10 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     "{} mode, {} pods per system",
                     quick_word, density_sizes.pods
                 ),
+                Scenario::NetSetup => format!(
+                    "{} mode, {} sequential pods and {} at once per path",
+                    quick_word, net_sizes.pods, net_sizes.concurrent
+                ),
                 _ => mode.clone(),
             },
             machine: &machine,
@@ -225,33 +248,53 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             notes: Vec::new(),
         };
         let mut png = None;
-        if let (None, Some(h)) = (sc.not_implemented(), harness.as_mut()) {
-            if let Err(reason) = &h.containerd.state {
-                eprintln!("skiff-perf: anchor unavailable: {reason}");
-                anchor_missing = true;
-            }
-            if let Err(reason) = &h.skiff.state {
-                eprintln!("skiff-perf: skiff unavailable: {reason}");
-            }
+        let daemons = if sc.needs_daemons() {
+            harness.as_mut()
+        } else {
+            None
+        };
+        if sc == Scenario::NetSetup || daemons.is_some() {
             let load0 = loadavg();
-            let cpu0 = cpu_now(h);
-            let outcome = match sc {
-                Scenario::Pull => pull::run(h, sizes)?,
-                Scenario::PodStart => podstart::run(h, pod_sizes)?,
-                Scenario::Density => density::run(h, density_sizes)?,
-                _ => Outcome::default(),
+            let outcome = match daemons {
+                Some(h) => {
+                    if let Err(reason) = &h.containerd.state {
+                        eprintln!("skiff-perf: anchor unavailable: {reason}");
+                        anchor_missing = true;
+                    }
+                    if let Err(reason) = &h.skiff.state {
+                        eprintln!("skiff-perf: skiff unavailable: {reason}");
+                    }
+                    let cpu0 = cpu_now(h);
+                    let outcome = match sc {
+                        Scenario::Pull => pull::run(h, sizes)?,
+                        Scenario::PodStart => podstart::run(h, pod_sizes)?,
+                        Scenario::Density => density::run(h, density_sizes)?,
+                        _ => Outcome::default(),
+                    };
+                    report.daemons = daemon_lines(h, &cpu0);
+                    report.notes = h.notes.clone();
+                    outcome
+                }
+                None => netsetup::run(net_sizes)?,
             };
-            report.daemons = daemon_lines(h, &cpu0);
-            report.notes = h.notes.clone();
             report.notes.extend(outcome.notes.iter().cloned());
             report.notes.push(format!(
                 "load average (1/5/15 min) at the scenario's start: {load0}; at its end: {}; \
                  other work on the machine shows here",
                 loadavg()
             ));
-            let tmp = h.base().join(format!("{}.png", sc.name()));
+            let tmp = std::env::temp_dir().join(format!(
+                "skiff-perf-{}-{}.png",
+                std::process::id(),
+                sc.name()
+            ));
             let drawn = if !outcome.plot.is_empty() {
-                Some(plot::strip_chart(&tmp, &outcome.plot_title, &outcome.plot))
+                Some(plot::strip_chart(
+                    &tmp,
+                    &outcome.plot_title,
+                    &outcome.plot,
+                    &outcome.plot_labels,
+                ))
             } else if !outcome.lines.is_empty() {
                 let (x, y) = &outcome.line_axes;
                 Some(plot::line_chart(
@@ -271,7 +314,11 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             report.outcome = Some(outcome);
         }
-        let written = report::write(&args.results, &report, args.quick, png.as_deref())?;
+        let written = report::write(&args.results, &report, args.quick, png.as_deref());
+        if let Some(p) = &png {
+            let _ = std::fs::remove_file(p);
+        }
+        let written = written?;
         println!("{}", report.render(None));
         for p in written {
             eprintln!("skiff-perf: wrote {}", p.display());

@@ -62,8 +62,13 @@ fn register_font() -> anyhow::Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Draws `groups` into a PNG at `path`.
-pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result<()> {
+/// Draws `groups` into a PNG at `path`; `labels` rename systems in the legend.
+pub fn strip_chart(
+    path: &Path,
+    title: &str,
+    groups: &[Group],
+    labels: &[(Kind, String)],
+) -> anyhow::Result<()> {
     register_font()?;
     let all: Vec<f64> = groups
         .iter()
@@ -147,7 +152,12 @@ pub fn strip_chart(path: &Path, title: &str, groups: &[Group]) -> anyhow::Result
         chart
             .draw_series(dots)
             .map_err(|e| anyhow!("{e:?}"))?
-            .label(kind.label())
+            .label(
+                labels
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map_or(kind.label(), |(_, l)| l.as_str()),
+            )
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
         chart.draw_series(bars).map_err(|e| anyhow!("{e:?}"))?;
     }

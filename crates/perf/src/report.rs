@@ -146,7 +146,11 @@ impl Report<'_> {
             }
         }
         s.push('\n');
-        s.push_str(&self.machine.markdown());
+        s.push_str(&if self.scenario.needs_daemons() {
+            self.machine.markdown()
+        } else {
+            self.machine.host_markdown()
+        });
         s.push('\n');
         if let Some(o) = &self.outcome {
             s.push_str(&o.body);
@@ -159,6 +163,28 @@ impl Report<'_> {
                 let _ = writeln!(s, "\n![{title}]({p})");
             }
         }
+        if !self.daemons.is_empty() {
+            self.render_daemons(&mut s);
+        }
+        if let Some(o) = &self.outcome
+            && !o.errors.is_empty()
+        {
+            let _ = writeln!(s, "\n## Errors\n");
+            for e in &o.errors {
+                let _ = writeln!(s, "- {}", e.replace('\n', " "));
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+
+    /// The table of the daemons' resource use during the scenario.
+    fn render_daemons(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n## Daemons during this scenario\n\n\
@@ -180,21 +206,6 @@ impl Report<'_> {
                 d.cpu_s.map_or_else(|| "—".into(), |c| format!("{c:.2}")),
             );
         }
-        if let Some(o) = &self.outcome
-            && !o.errors.is_empty()
-        {
-            let _ = writeln!(s, "\n## Errors\n");
-            for e in &o.errors {
-                let _ = writeln!(s, "- {}", e.replace('\n', " "));
-            }
-        }
-        if !self.notes.is_empty() {
-            let _ = writeln!(s, "\n## Notes\n");
-            for n in &self.notes {
-                let _ = writeln!(s, "- {n}");
-            }
-        }
-        s
     }
 }
 

@@ -57,6 +57,11 @@ fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(n) - 1]
 }
 
+/// `v` with `digits` decimals, or `—` when missing.
+pub fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
+}
+
 /// `a / b`, or `None` when `b` is zero or either is missing.
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {

@@ -1,10 +1,12 @@
 //! The scenarios `perf/run` knows, implemented or not yet.
 
 pub mod density;
+pub mod netsetup;
 mod pods;
 pub mod podstart;
 pub mod pull;
 
+use crate::harness::Kind;
 use crate::plot::{Group, Line};
 
 /// A scenario name on the command line.
@@ -65,17 +67,24 @@ impl Scenario {
             Scenario::Density => "daemon and per-pod shim RSS/PSS and CPU with many idle pods",
             Scenario::Logs => "container stdout throughput into CRI log files",
             Scenario::Exec => "ExecSync round-trip latency into a running container",
-            Scenario::NetSetup => "pod network setup and teardown latency",
+            Scenario::NetSetup => {
+                "pod network setup and teardown per pod: skiff's built-in bridge (in-process \
+                 netlink) against the CNI plugins (bridge + host-local + loopback), in one run"
+            }
         }
     }
 
     /// `Some(reason)` while the scenario cannot run yet.
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
-            Scenario::Pull | Scenario::PodStart | Scenario::Density => None,
+            Scenario::Pull | Scenario::PodStart | Scenario::Density | Scenario::NetSetup => None,
             Scenario::Logs | Scenario::Exec => Some("not implemented yet"),
-            Scenario::NetSetup => Some("not implemented yet: needs networking (issue 5)"),
         }
+    }
+
+    /// Whether the scenario runs against the daemons (netsetup runs in-process).
+    pub fn needs_daemons(self) -> bool {
+        self.not_implemented().is_none() && self != Scenario::NetSetup
     }
 }
 
@@ -88,6 +97,8 @@ pub struct Outcome {
     pub plot: Vec<Group>,
     /// The plot's title and y-axis label.
     pub plot_title: String,
+    /// Legend labels for the plot's series instead of the systems' names.
+    pub plot_labels: Vec<(Kind, String)>,
     /// Errors to list in the report.
     pub errors: Vec<String>,
     /// Notes on how the scenario ran, for the report's notes.
