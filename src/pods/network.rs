@@ -316,7 +316,12 @@ impl Runtime {
                     tracing::warn!(pod_id = %p.id, error = %e, "remove host ports");
                 }
             }
+            // A pod with its own network namespace loses its veth pair with the namespace
+            // (released next): the kernel's namespace cleanup deletes both ends off this
+            // path, where a delete here waits for an RCU grace period (~20-40 ms).
+            // RemovePodSandbox makes sure the pair is gone.
             if let Some(veth) = &p.host_veth
+                && p.ns.net.is_none()
                 && let Err(e) = bridge.teardown(veth).await
             {
                 tracing::warn!(pod_id = %p.id, error = %e, "tear down pod network");
@@ -324,6 +329,18 @@ impl Runtime {
         }
         self.release_ips(&p.id);
         self.teardown_cni(&p.id).await
+    }
+
+    /// At removal: the pod's host veth is gone. The kernel removes it with the pod's
+    /// namespace (asynchronously, tens of ms after StopPodSandbox); when it is still
+    /// there, it is deleted here (also when something else holds the namespace).
+    pub(super) async fn ensure_veth_gone(&self, p: &PodRecord) {
+        if let (Some(net), Some(veth)) = (self.net.get(), &p.host_veth)
+            && let PodNetwork::Bridge { bridge, .. } = &**net
+            && let Err(e) = bridge.teardown(veth).await
+        {
+            tracing::warn!(pod_id = %p.id, error = %e, "remove the pod's veth");
+        }
     }
 
     /// CNI DEL of the pod's recorded attachment, if it has one; the record goes once

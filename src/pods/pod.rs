@@ -128,30 +128,38 @@ fn write_pod_files(
 /// shm, cgroups. Every step tolerates what is already gone and runs whatever the others
 /// did; a failed CNI DEL (which stays recorded for a retry) is returned at the end.
 async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), RuntimeError> {
+    let mut steps = Steps::new();
     if p.shim_socket.exists() {
         let r = shim::call(&p.id, &p.shim_socket, &Request::Shutdown, Some(shim::SHORT)).await;
         if let Err(e) = r {
             tracing::warn!(pod_id = %p.id, error = %e, "shim shutdown");
         }
-        // The shim removes its socket when it exits; give it a moment.
-        for _ in 0..100 {
+        // The shim removes its socket when it exits, right after answering; give it a
+        // moment (it has nothing left to do but that).
+        for i in 0..150 {
             if !p.shim_socket.exists() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let ms = if i < 50 { 1 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let _ = fs::remove_file(&p.shim_socket);
     }
+    steps.mark("shim");
     let network = rt.teardown_network(p).await;
+    steps.mark("network");
     sys::release_namespaces(&p.ns);
     if let Some(shm) = &p.shm {
         let _ = sys::unmount(shm);
     }
+    steps.mark("namespaces");
     if let Some(cg) = &p.pause_cgroup
         && let Err(e) = rt.cgroups.remove(cg)
     {
         tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
     }
+    steps.mark("cgroups");
+    tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox released");
     network
 }
 
@@ -382,7 +390,9 @@ impl Runtime {
         let Some(p) = self.pod(id)? else {
             return Ok(());
         };
+        let mut steps = Steps::new();
         self.stop_pod(&p.id).await?;
+        steps.mark("stop");
         let containers: Vec<_> = self
             .containers()?
             .into_iter()
@@ -392,6 +402,9 @@ impl Runtime {
             self.remove_container_inner(&c.id).await?;
         }
         let _guard = self.lock(&p.id).await;
+        steps.mark("containers");
+        self.ensure_veth_gone(&p).await;
+        steps.mark("veth");
         let _ = fs::remove_dir_all(&p.dir);
         let ns_dir = self.config.state.join("ns").join(&p.id);
         let _ = fs::remove_dir(&ns_dir);
@@ -404,8 +417,11 @@ impl Runtime {
             // The shared default parent goes with the last pod that used it.
             self.cgroups.remove_if_empty("/skiff");
         }
+        steps.mark("files+cgroups");
         self.meta.delete(Table::PODS, &p.id)?;
         self.release(POD_NAMES, &p.name_key);
+        steps.mark("record");
+        tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox removed");
         Ok(())
     }
 
@@ -653,7 +669,8 @@ impl Steps {
     /// The step `name` ended now.
     fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
-        self.done.push((name, now.duration_since(self.last).as_micros()));
+        self.done
+            .push((name, now.duration_since(self.last).as_micros()));
         self.last = now;
     }
 }

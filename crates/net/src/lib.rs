@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoPortData, InfoPortKind, InfoVeth,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 pub mod cni;
@@ -104,6 +106,9 @@ pub fn next_free(cidr: Ipv4Net, used: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr, Ne
         .find(|ip| !used.contains(ip))
         .ok_or(NetError::Exhausted { cidr })
 }
+
+/// The pod's end of its veth pair, inside the pod's network namespace.
+pub const POD_IFNAME: &str = "eth0";
 
 /// The host-side veth name of a pod (≤ 15 bytes).
 pub fn host_veth(pod_id: &str) -> String {
@@ -231,10 +236,9 @@ impl BridgeNetwork {
         ip: Ipv4Addr,
     ) -> Result<PodNet, NetError> {
         let host = host_veth(pod_id);
-        let peer = format!("sp{}", &pod_id[..pod_id.len().min(12)]);
         // A half-made pair from a crash is replaced.
         self.teardown(&host).await?;
-        let result = self.setup_inner(&host, &peer, netns, ip).await;
+        let result = self.setup_inner(&host, netns, ip).await;
         if result.is_err() {
             let _ = self.teardown(&host).await;
         }
@@ -244,7 +248,6 @@ impl BridgeNetwork {
     async fn setup_inner(
         &self,
         host: &str,
-        peer: &str,
         netns: &Path,
         ip: Ipv4Addr,
     ) -> Result<PodNet, NetError> {
@@ -254,40 +257,34 @@ impl BridgeNetwork {
             path: netns.to_path_buf(),
             source,
         })?;
+        // One message makes the pair with the pod's end already named eth0 inside the
+        // pod's namespace, and the host end on the bridge and up: moving a link between
+        // namespaces afterwards costs an RCU grace period (~20 ms here).
+        let pod_end = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(POD_IFNAME.to_string())
+            .mtu(self.cfg.mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
         h.link()
-            .add(LinkVeth::new(host, peer).mtu(self.cfg.mtu).build())
-            .execute()
-            .await
-            .map_err(nl(format!("create veth {host}")))?;
-        let peer_index = link_index(h, peer).await?.ok_or_else(|| NetError::Io {
-            op: "find veth peer",
-            path: PathBuf::from(peer),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(peer_index)
-                    .setns_by_fd(ns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("move {peer} into {}", netns.display())))?;
-        let host_index = link_index(h, host).await?.ok_or_else(|| NetError::Io {
-            op: "find veth",
-            path: PathBuf::from(host),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(host_index)
+            .add(
+                LinkVeth::new(host, POD_IFNAME)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
+                    .mtu(self.cfg.mtu)
                     .controller(self.bridge_index)
                     .up()
                     .build(),
             )
             .execute()
             .await
-            .map_err(nl(format!("attach {host} to {}", self.cfg.bridge)))?;
+            .map_err(nl(format!(
+                "create veth {host} with its peer in {}",
+                netns.display()
+            )))?;
+        let host_index = link_index(h, host).await?.ok_or_else(|| NetError::Io {
+            op: "find veth",
+            path: PathBuf::from(host),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         // Hairpin: a pod's packet to its own hostPort is DNATed back out of the port
         // it came in on (with br_netfilter), which a bridge port refuses by default.
         h.link()
@@ -304,18 +301,14 @@ impl BridgeNetwork {
             .map_err(nl(format!("hairpin mode on {host}")))?;
         let gateway = self.cfg.gateway()?;
         let prefix = self.cfg.cidr.prefix_len();
-        let peer = peer.to_string();
-        let mtu = self.cfg.mtu;
         let netns = netns.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            configure_in_ns(ns, &netns, &peer, ip, prefix, gateway, mtu)
-        })
-        .await
-        .map_err(|e| NetError::Io {
-            op: "pod network task",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        tokio::task::spawn_blocking(move || configure_in_ns(ns, &netns, ip, prefix, gateway))
+            .await
+            .map_err(|e| NetError::Io {
+                op: "pod network task",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         Ok(PodNet {
             ip,
             prefix,
@@ -354,17 +347,14 @@ impl BridgeNetwork {
     }
 }
 
-/// On this (blocking-pool) thread: enter the pod's network namespace, then name the
-/// pod end `eth0`, give it its address, bring it up and route via the gateway. The
-/// thread's namespace is restored afterwards.
+/// On a fresh thread inside the pod's network namespace: give `eth0` its address,
+/// bring it up and route via the gateway.
 fn configure_in_ns(
     ns: std::fs::File,
     netns: &Path,
-    peer: &str,
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
-    mtu: u32,
 ) -> Result<(), NetError> {
     let io = |op: &'static str| {
         let path = netns.to_path_buf();
@@ -375,7 +365,6 @@ fn configure_in_ns(
         }
     };
     // Runs on a fresh thread so the blocking pool's threads never change namespace.
-    let peer = peer.to_string();
     let netns_owned = netns.to_path_buf();
     let worker = std::thread::Builder::new()
         .name("skiff-podnet".into())
@@ -405,21 +394,13 @@ fn configure_in_ns(
                     source,
                 })?;
                 tokio::spawn(conn);
-                let index = link_index(&h, &peer).await?.ok_or_else(|| NetError::Io {
-                    op: "find the pod's veth end in",
-                    path: path.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })?;
-                h.link()
-                    .set(
-                        LinkUnspec::new_with_index(index)
-                            .name("eth0")
-                            .mtu(mtu)
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(nl("rename the pod's veth to eth0"))?;
+                let index = link_index(&h, POD_IFNAME)
+                    .await?
+                    .ok_or_else(|| NetError::Io {
+                        op: "find the pod's veth end in",
+                        path: path.clone(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })?;
                 h.address()
                     .add(index, ip.into(), prefix)
                     .execute()
