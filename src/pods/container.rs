@@ -329,6 +329,7 @@ impl Runtime {
         image: &skiff_image::ImageRecord,
         image_config: &oci_spec::image::ImageConfiguration,
     ) -> Result<(), RuntimeError> {
+        let mut steps = super::pod::Steps::new();
         let rootfs = rec.rootfs();
         let upper = rec.layer_dir.join("upper");
         let work = rec.layer_dir.join("work");
@@ -349,6 +350,7 @@ impl Runtime {
             .await
             .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
         }
+        steps.mark("rootfs");
         let pid_ns = match p.pid_mode {
             PidMode::Host => spec::PidNs::Host,
             PidMode::Container => spec::PidNs::Container,
@@ -398,6 +400,7 @@ impl Runtime {
         let json =
             serde_json::to_vec(&oci).map_err(|e| RuntimeError::Invalid(format!("spec: {e}")))?;
         fs::write(&config_path, json).map_err(io_err("write", &config_path))?;
+        steps.mark("spec");
         let reply = shim::call(
             &p.id,
             &p.shim_socket,
@@ -411,10 +414,13 @@ impl Runtime {
             Some(shim::SHORT),
         )
         .await?;
+        steps.mark("runtime create");
         if let Reply::Created { pid } = reply {
             rec.pid = Some(pid);
         }
         self.save_container(rec)?;
+        steps.mark("record");
+        tracing::debug!(container_id = %rec.id, steps = %steps, "container created");
         Ok(())
     }
 

@@ -653,13 +653,13 @@ impl PodPort for Service {
 }
 
 /// Where the time of a multi-step operation went, for a debug log line.
-struct Steps {
+pub(super) struct Steps {
     last: std::time::Instant,
     done: Vec<(&'static str, u128)>,
 }
 
 impl Steps {
-    fn new() -> Steps {
+    pub(super) fn new() -> Steps {
         Steps {
             last: std::time::Instant::now(),
             done: Vec::new(),
@@ -667,7 +667,7 @@ impl Steps {
     }
 
     /// The step `name` ended now.
-    fn mark(&mut self, name: &'static str) {
+    pub(super) fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
         self.done
             .push((name, now.duration_since(self.last).as_micros()));
