@@ -197,14 +197,14 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Mount an overlay at `target` with `lower` (topmost first), `upper` and `work`,
+/// Mount an overlay at `target` with `lower` (topmost first) and `rw` = (upper, work)
+/// — without it the overlay is read-only and needs at least two lower directories —
 /// passing lower directories one by one (`lowerdir+`, Linux ≥ 6.8) so long chains do
 /// not overflow the mount option page; older kernels get the joined `lowerdir`.
 pub fn mount_overlay(
     target: &Path,
     lower: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    rw: Option<(&Path, &Path)>,
 ) -> Result<(), SysError> {
     let err = |op| io_err(op, target);
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
@@ -233,17 +233,20 @@ pub fn mount_overlay(
             .map_err(|e| err("overlay lowerdir")(e.into()))?;
         fs
     };
-    fsconfig_set_string(fs.as_fd(), "upperdir", upper)
-        .map_err(|e| err("overlay upperdir")(e.into()))?;
-    fsconfig_set_string(fs.as_fd(), "workdir", work)
-        .map_err(|e| err("overlay workdir")(e.into()))?;
+    if let Some((upper, work)) = rw {
+        fsconfig_set_string(fs.as_fd(), "upperdir", upper)
+            .map_err(|e| err("overlay upperdir")(e.into()))?;
+        fsconfig_set_string(fs.as_fd(), "workdir", work)
+            .map_err(|e| err("overlay workdir")(e.into()))?;
+    }
     fsconfig_create(fs.as_fd()).map_err(|e| err("create overlay")(e.into()))?;
-    let mnt = fsmount(
-        fs.as_fd(),
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::empty(),
-    )
-    .map_err(|e| err("fsmount overlay")(e.into()))?;
+    let attrs = if rw.is_some() {
+        MountAttrFlags::empty()
+    } else {
+        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV
+    };
+    let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| err("fsmount overlay")(e.into()))?;
     move_mount(
         mnt.as_fd(),
         "",

@@ -1057,3 +1057,109 @@ async fn tty_containers_log_their_terminal_output() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
+    let Some((env, mut c)) = setup("image_volumes_are_mounted_read_only").await else {
+        return;
+    };
+    // A second image, only used as a volume.
+    let data = ImageBuilder::new()
+        .layer(busybox_layer(Compression::Gzip).unwrap())
+        .cmd(["sh"])
+        .env("DATA", "1")
+        .build();
+    env.push("test/data", "v1", &data);
+    let data_ref = format!("{REGISTRY}/test/data:v1");
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("imgvol", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let volume = |image: &str| api::Mount {
+        container_path: "/data".into(),
+        image: Some(api::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Not pulled yet: NotFound, nothing left behind.
+    let mut cfg = ctr_config("vol", &["sleep", "3600"]);
+    cfg.mounts = vec![volume(&data_ref)];
+    let e = create(&mut c, &pod, &pod_cfg, cfg.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("test/data"), "{e:?}");
+    // host_path and image together are refused.
+    let mut both = cfg.clone();
+    both.mounts[0].host_path = "/tmp".into();
+    let e = create(&mut c, &pod, &pod_cfg, both).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    c.images
+        .pull_image(api::PullImageRequest {
+            image: Some(api::ImageSpec {
+                image: data_ref.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull the volume image");
+    let ctr = create(&mut c, &pod, &pod_cfg, cfg)
+        .await
+        .expect("create with an image volume");
+    start(&mut c, &ctr).await;
+    let r = exec(&mut c, &ctr, &["cat", "/data/etc/passwd"], 10)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("root:"),
+        "{r:?}"
+    );
+    let r = exec(&mut c, &ctr, &["touch", "/data/new"], 10)
+        .await
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "the volume is read-only: {r:?}");
+    // The status reports the mount as asked for.
+    let s = status(&mut c, &ctr).await;
+    assert_eq!(s.mounts.len(), 1, "{:?}", s.mounts);
+    assert_eq!(
+        s.mounts[0].image.as_ref().map(|i| i.image.as_str()),
+        Some(data_ref.as_str())
+    );
+    // The volume's image is in use.
+    let e = c
+        .images
+        .remove_image(api::RemoveImageRequest {
+            image: Some(api::ImageSpec {
+                image: data_ref.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    // Removing the container unmounts the volume; then the image can go.
+    c.runtime
+        .remove_container(api::RemoveContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&ctr),
+        "a mount of {ctr} is left:\n{mountinfo}"
+    );
+    c.images
+        .remove_image(api::RemoveImageRequest {
+            image: Some(api::ImageSpec {
+                image: data_ref,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("the image is free again");
+}

@@ -53,6 +53,15 @@ fn read_exit(bundle: &std::path::Path) -> Option<Exit> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Unmount the image volumes under a bundle (`volumes/<n>`).
+fn unmount_image_volumes(bundle: &std::path::Path) {
+    if let Ok(entries) = fs::read_dir(bundle.join("volumes")) {
+        for e in entries.flatten() {
+            let _ = crate::sys::unmount(&e.path());
+        }
+    }
+}
+
 fn ctr_name_key(c: &api::ContainerConfig, pod: &api::PodSandboxConfig) -> String {
     let m = c.metadata.clone().unwrap_or_default();
     let p = pod.metadata.clone().unwrap_or_default();
@@ -292,6 +301,7 @@ impl Runtime {
             user: User::default(),
             stop_signal,
             name_key: key.clone(),
+            volume_images: Vec::new(),
         };
         let made = self
             .make_container(&mut rec, &p, &pod_cfg, &cfg, &image, &image_config)
@@ -311,6 +321,7 @@ impl Runtime {
                 )
                 .await;
                 let _ = crate::sys::unmount(&rec.rootfs());
+                unmount_image_volumes(&bundle);
                 let _ = fs::remove_dir_all(&bundle);
                 let _ = fs::remove_dir_all(&layer_dir);
                 let _ = self.meta.delete(Table::CONTAINERS, &id);
@@ -318,6 +329,61 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Mount every image volume (a CRI mount naming an image) read-only under the
+    /// bundle; the config the spec is built from gets those directories as host paths.
+    async fn mount_image_volumes(
+        &self,
+        rec: &mut ContainerRecord,
+        cfg: &api::ContainerConfig,
+    ) -> Result<api::ContainerConfig, RuntimeError> {
+        let mut cfg = cfg.clone();
+        for (n, m) in cfg.mounts.iter_mut().enumerate() {
+            let Some(reference) = m
+                .image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .filter(|i| !i.is_empty())
+            else {
+                continue;
+            };
+            if !m.host_path.is_empty() {
+                return Err(RuntimeError::Invalid(format!(
+                    "mount at {}: host_path and image are mutually exclusive",
+                    m.container_path
+                )));
+            }
+            let image = self
+                .images
+                .resolve(&reference)?
+                .ok_or_else(|| RuntimeError::NotFound {
+                    what: "image (for an image volume)",
+                    id: reference.clone(),
+                })?;
+            let dir = rec.bundle.join("volumes");
+            let target = dir.join(n.to_string());
+            // A read-only overlay needs two lower directories: an empty one at the bottom.
+            let empty = dir.join(format!("{n}.empty"));
+            for d in [&target, &empty] {
+                fs::create_dir_all(d).map_err(io_err("create", d))?;
+            }
+            let mut lower = self
+                .images
+                .snapshots()
+                .mounts(&image.chain_ids(), &empty, &empty)
+                .lower;
+            lower.push(empty);
+            let at = target.clone();
+            tokio::task::spawn_blocking(move || crate::sys::mount_overlay(&at, &lower, None))
+                .await
+                .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
+            rec.volume_images.push(image.id.to_string());
+            m.host_path = target.display().to_string();
+            m.readonly = true;
+            m.image = None;
+        }
+        Ok(cfg)
     }
 
     async fn make_container(
@@ -345,11 +411,12 @@ impl Runtime {
         {
             let (rootfs, lower) = (rootfs.clone(), mount.lower.clone());
             tokio::task::spawn_blocking(move || {
-                crate::sys::mount_overlay(&rootfs, &lower, &upper, &work)
+                crate::sys::mount_overlay(&rootfs, &lower, Some((&upper, &work)))
             })
             .await
             .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
         }
+        let cfg = &self.mount_image_volumes(rec, cfg).await?;
         steps.mark("rootfs");
         let pid_ns = match p.pid_mode {
             PidMode::Host => spec::PidNs::Host,
@@ -570,6 +637,7 @@ impl Runtime {
             }
         }
         crate::sys::unmount(&c.rootfs())?;
+        unmount_image_volumes(&c.bundle);
         let _ = fs::remove_dir_all(&c.bundle);
         let _ = fs::remove_dir_all(&c.layer_dir);
         self.cpu.forget(&c.id);

@@ -349,7 +349,9 @@ impl Runtime {
         self.containers()
             .map(|cs| {
                 cs.into_iter()
-                    .filter(|c| c.image_id == image_id)
+                    .filter(|c| {
+                        c.image_id == image_id || c.volume_images.iter().any(|v| v == image_id)
+                    })
                     .map(|c| c.id)
                     .collect()
             })

@@ -156,6 +156,9 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
     /// The name key reserved for it.
     pub name_key: String,
+    /// Images mounted as image volumes (ids).
+    #[serde(default)]
+    pub volume_images: Vec<String>,
 }
 
 impl ContainerRecord {

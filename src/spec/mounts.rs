@@ -143,7 +143,10 @@ fn cri_mount(m: &api::Mount, host: &HostInfo) -> Result<(Mount, &'static str), S
         return Err(invalid("the host path is empty"));
     }
     if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(invalid("image volume mounts are not supported by skiff"));
+        // The runtime mounts image volumes and passes their directories as host paths.
+        return Err(invalid(
+            "an image volume reached the spec without being mounted",
+        ));
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(invalid("id-mapped mounts are not supported by skiff"));
