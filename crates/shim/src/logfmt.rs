@@ -48,23 +48,38 @@ impl LineSplitter {
 
     /// Feed `data` read at `timestamp`; complete entries are appended to `out`.
     pub fn feed(&mut self, timestamp: &str, data: &[u8], out: &mut Vec<u8>) {
+        // Room for the data plus a prefix per (short) line, roughly.
+        out.reserve(data.len() + data.len() / 2);
         let mut rest = data;
         while let Some(&first) = rest.first() {
             // A full pending line is only partial once we know no newline follows it.
             if self.pending.len() == self.max && first != b'\n' {
-                let content = std::mem::take(&mut self.pending);
-                self.entry(timestamp, b'P', &content, out);
+                entry(self.stream, timestamp, b'P', &self.pending, out);
+                self.pending.clear();
             }
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(i) if self.pending.len() + i <= self.max => {
+            // Only the bytes that can still join this entry are searched (a long line
+            // without newlines is not rescanned per entry).
+            let room = self.max - self.pending.len();
+            let window = &rest[..rest.len().min(room + 1)];
+            match memchr::memchr(b'\n', window) {
+                Some(i) if i <= room => {
                     let (line, tail) = rest.split_at(i);
-                    let mut content = std::mem::take(&mut self.pending);
-                    content.extend_from_slice(line);
-                    self.entry(timestamp, b'F', &content, out);
+                    if self.pending.is_empty() {
+                        entry(self.stream, timestamp, b'F', line, out);
+                    } else {
+                        self.pending.extend_from_slice(line);
+                        entry(self.stream, timestamp, b'F', &self.pending, out);
+                        self.pending.clear();
+                    }
                     rest = &tail[1..];
                 }
+                _ if self.pending.is_empty() && rest.len() > self.max => {
+                    // A whole partial entry straight from the input.
+                    entry(self.stream, timestamp, b'P', &rest[..self.max], out);
+                    rest = &rest[self.max..];
+                }
                 _ => {
-                    let take = (self.max - self.pending.len()).min(rest.len());
+                    let take = room.min(rest.len());
                     self.pending.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
                 }
@@ -75,21 +90,21 @@ impl LineSplitter {
     /// The stream closed: write what is left as a full entry.
     pub fn finish(&mut self, timestamp: &str, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
-            let content = std::mem::take(&mut self.pending);
-            self.entry(timestamp, b'F', &content, out);
+            entry(self.stream, timestamp, b'F', &self.pending, out);
+            self.pending = Vec::new();
         }
     }
+}
 
-    fn entry(&self, timestamp: &str, tag: u8, content: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(timestamp.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.stream.name());
-        out.push(b' ');
-        out.push(tag);
-        out.push(b' ');
-        out.extend_from_slice(content);
-        out.push(b'\n');
-    }
+fn entry(stream: Stream, timestamp: &str, tag: u8, content: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(timestamp.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.name());
+    out.push(b' ');
+    out.push(tag);
+    out.push(b' ');
+    out.extend_from_slice(content);
+    out.push(b'\n');
 }
 
 /// Now, as nanoseconds since the Unix epoch.
@@ -191,5 +206,85 @@ mod tests {
             rfc3339_nano(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    /// The entries `data` must become, computed the slow obvious way.
+    fn reference(data: &[u8], max: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        for (k, &b) in data.iter().enumerate() {
+            if b == b'\n' {
+                out.push((b'F', std::mem::take(&mut cur)));
+                continue;
+            }
+            if cur.len() == max {
+                out.push((b'P', std::mem::take(&mut cur)));
+            }
+            cur.push(b);
+            let _ = k;
+        }
+        if !cur.is_empty() {
+            out.push((b'F', cur));
+        }
+        out
+    }
+
+    fn parse(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut entries = Vec::new();
+        let mut rest = out;
+        while !rest.is_empty() {
+            let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+            let line = &rest[..nl];
+            // "<ts> stdout <tag> <content>"
+            let mut parts = line.splitn(4, |&b| b == b' ');
+            let (_, _, tag, content) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap_or_default(),
+            );
+            entries.push((tag[0], content.to_vec()));
+            rest = &rest[nl + 1..];
+        }
+        entries
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)]
+    fn random_input_and_chunking_match_the_reference() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            let max = 1 + (next() % 12) as usize;
+            let len = (next() % 200) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    if next() % 5 == 0 {
+                        b'\n'
+                    } else {
+                        b'a' + (next() % 3) as u8
+                    }
+                })
+                .collect();
+            let mut split = LineSplitter::new(Stream::Stdout, max);
+            let mut out = Vec::new();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() as usize % rest.len().min(40));
+                split.feed("T", &rest[..n], &mut out);
+                rest = &rest[n..];
+            }
+            split.finish("T", &mut out);
+            assert_eq!(
+                parse(&out),
+                reference(&data, max),
+                "round {round} max {max} {data:?}"
+            );
+        }
     }
 }

@@ -30,8 +30,14 @@ const MAX_REQUEST: usize = 16 << 20;
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// How many exits of unknown pids are remembered.
 const MAX_EARLY_EXITS: usize = 1024;
-/// Pipe buffer asked for the pipes handed to skiffd (the kernel caps it at pipe-max-size).
+/// Pipe buffer asked for output pipes (the kernel caps it at pipe-max-size).
 const STREAM_PIPE_SIZE: usize = 1 << 20;
+/// One read from an output pipe.
+const READ_CHUNK: usize = 128 << 10;
+/// The most one container's output pipe yields per loop turn.
+const MAX_READ_PER_TURN: usize = 1 << 20;
+/// A turn that read less than this lets the read buffers shrink back.
+const QUIET_TURN: usize = 64 << 10;
 
 /// How the shim was started.
 #[derive(Debug, Clone)]
@@ -180,6 +186,8 @@ struct Shim {
     early_exits: HashMap<i32, Exit>,
     execs: HashMap<u64, ExecJob>,
     streams: HashMap<u64, StreamJob>,
+    scratch_in: Vec<u8>,
+    scratch_out: Vec<u8>,
     pause: Option<i32>,
     next: u64,
     stopping: bool,
@@ -238,10 +246,40 @@ fn stream_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// A pipe for a process's output: the shim's read end non-blocking, and a large
+/// buffer so a fast writer blocks less often and each wakeup moves more bytes.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     rustix::io::ioctl_fionbio(&r, true)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&r, STREAM_PIPE_SIZE);
     Ok((r, w))
+}
+
+/// Read what is available from a non-blocking fd, at most `max` bytes (so one busy
+/// container cannot starve the loop); `Ok(false)` at end of file.
+fn read_bounded(fd: &OwnedFd, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+    let start = buf.len();
+    while buf.len() - start < max {
+        let len = buf.len();
+        buf.resize(len + READ_CHUNK, 0);
+        match rustix::io::read(fd, &mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(false);
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(rustix::io::Errno::AGAIN) => {
+                buf.truncate(len);
+                return Ok(true);
+            }
+            Err(rustix::io::Errno::INTR) => buf.truncate(len),
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The last `error` message an OCI runtime wrote to its JSON log, if any.
@@ -335,6 +373,8 @@ impl Shim {
             early_exits: HashMap::new(),
             execs: HashMap::new(),
             streams: HashMap::new(),
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
             pause: None,
             next: 0,
             stopping: false,
@@ -1332,20 +1372,25 @@ impl Shim {
         let Some(c) = self.containers.get_mut(i) else {
             return;
         };
-        let mut data = Vec::new();
+        // Reused across turns; shrunk again when output is quiet (idle shims stay small).
+        let mut data = std::mem::take(&mut self.scratch_in);
+        let mut out = std::mem::take(&mut self.scratch_out);
+        data.clear();
+        out.clear();
         let fd = match s {
             Stream::Stdout => &mut c.stdout,
             Stream::Stderr => &mut c.stderr,
         };
         let Some(f) = fd.as_ref() else {
+            self.scratch_in = data;
+            self.scratch_out = out;
             return;
         };
-        let open = matches!(read_some(f, &mut data, usize::MAX), Ok(true));
+        let open = matches!(read_bounded(f, &mut data, MAX_READ_PER_TURN), Ok(true));
         if !open {
             *fd = None;
         }
         let ts = rfc3339_nano(now_ns());
-        let mut out = Vec::new();
         let split = match s {
             Stream::Stdout => &mut c.split_out,
             Stream::Stderr => &mut c.split_err,
@@ -1356,6 +1401,12 @@ impl Shim {
         }
         c.write_log(&out);
         c.copy_to_attachers(s, &data);
+        if data.len() < QUIET_TURN {
+            data.shrink_to(QUIET_TURN);
+            out.shrink_to(QUIET_TURN);
+        }
+        self.scratch_in = data;
+        self.scratch_out = out;
     }
 
     fn reap(&mut self) {
