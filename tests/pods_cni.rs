@@ -456,3 +456,69 @@ exit 1"#,
     t.remove(&good).await;
     t.assert_nothing_left("after the good pods").await;
 }
+
+#[tokio::test]
+async fn a_crash_during_cni_add_is_undone_at_the_next_start() {
+    let Some(mut t) = setup("a_crash_during_cni_add_is_undone_at_the_next_start").await else {
+        return;
+    };
+    // bridge (and host-local) run, then a plugin that hangs in ADD, writing its pid.
+    t.fake_plugin(
+        "skiff-test-hang",
+        r#"[ "$CNI_COMMAND" = ADD ] || exit 0
+echo $$ > "$(dirname "$0")/hang.pid"
+exec sleep 60"#,
+    );
+    t.write_conf(Some(
+        &t.conflist("1.0.0", &[r#"{"type": "skiff-test-hang"}"#]),
+    ));
+    let logs = t.env.skiffd.dir().join("logs");
+    let cfg = pod_config("crash", &logs, vec![]);
+    let mut c = t.env.skiffd.client().await;
+    let run = tokio::spawn(async move { run_pod(&mut c, &cfg).await });
+    let pid_file = t.bin.path().join("hang.pid");
+    let start = std::time::Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the hanging plugin never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The bridge plugin made the veth and host-local took an address.
+    assert_eq!(t.allocated().len(), 1);
+    assert_eq!(t.veths().len(), 1);
+    t.env.skiffd.kill();
+    assert!(run.await.unwrap().is_err());
+    // The plugin outlived skiffd (it was skiffd's child): stop it by its pid.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    // At the next start the pending attachment gets its DEL.
+    t.env.skiffd.restart().unwrap();
+    t.c = t.env.skiffd.client().await;
+    // The socket accepts connections once bound; a call is answered after recovery.
+    let pods = t.pods().await;
+    assert_eq!(t.allocated(), Vec::<String>::new());
+    assert_eq!(t.veths(), Vec::<String>::new());
+    assert!(
+        pods.iter()
+            .all(|p| p.state == api::PodSandboxState::SandboxNotready as i32),
+        "{pods:?}"
+    );
+    for p in pods {
+        t.remove(&p.id).await;
+    }
+    t.assert_nothing_left("after the crash").await;
+    // And the network works again.
+    t.write_conf(Some(&t.conflist("1.0.0", &[LOOPBACK])));
+    let pod = run_pod(&mut t.c, &pod_config("after", &logs, vec![]))
+        .await
+        .expect("RunPodSandbox after the restart");
+    assert!(pod_ip(&mut t.c, &pod).await.starts_with("10.77.0."));
+}
