@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use skiff_cri::api::runtime_service_client::RuntimeServiceClient;
 use skiff_cri::api::{
-    ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    ContainerConfig, ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatusRequest, PullImageRequest,
     RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
     StatusRequest, StatusResponse, StopPodSandboxRequest, VersionRequest, VersionResponse,
@@ -230,6 +230,79 @@ impl Cri {
         Ok(info_pid(&resp.info))
     }
 
+    /// RunPodSandbox then CreateContainer, the container not started: the pod
+    /// and container ids (for scenarios that time StartContainer on its own).
+    pub fn create_pod(&mut self, spec: &PodSpec) -> Result<(String, String), FailedStart> {
+        let mut rt = self.client.runtime.clone();
+        let spec = spec.clone();
+        self.rt.block_on(async move {
+            let req = RunPodSandboxRequest {
+                config: Some(spec.sandbox.clone()),
+                runtime_handler: String::new(),
+            };
+            let pod_id = rpc(rt.run_pod_sandbox(req))
+                .await
+                .map_err(|error| FailedStart {
+                    pod_id: None,
+                    step: "RunPodSandbox",
+                    error,
+                })?
+                .pod_sandbox_id;
+            let req = CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(spec.container),
+                sandbox_config: Some(spec.sandbox),
+            };
+            let container_id = rpc(rt.create_container(req))
+                .await
+                .map_err(|error| FailedStart {
+                    pod_id: Some(pod_id.clone()),
+                    step: "CreateContainer",
+                    error,
+                })?
+                .container_id;
+            Ok((pod_id, container_id))
+        })
+    }
+
+    /// `StartContainer`; returns the call's latency.
+    pub fn start_container(&mut self, container_id: &str) -> Result<Duration, RpcError> {
+        let mut rt = self.client.runtime.clone();
+        let req = StartContainerRequest {
+            container_id: container_id.to_owned(),
+        };
+        let t = Instant::now();
+        self.call(async move { rt.start_container(req).await })?;
+        Ok(t.elapsed())
+    }
+
+    /// The verbose `PodSandboxStatus` info (the `info` JSON; `Null` without one).
+    pub fn pod_info(&mut self, pod_id: &str) -> Result<serde_json::Value, RpcError> {
+        let mut rt = self.client.runtime.clone();
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            verbose: true,
+        };
+        let resp = self.call(async move { rt.pod_sandbox_status(req).await })?;
+        Ok(resp
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default())
+    }
+
+    /// `ContainerStatus` (not verbose).
+    pub fn container_status(&mut self, container_id: &str) -> Result<ContainerStatus, RpcError> {
+        let mut rt = self.client.runtime.clone();
+        let req = ContainerStatusRequest {
+            container_id: container_id.to_owned(),
+            verbose: false,
+        };
+        let resp = self.call(async move { rt.container_status(req).await })?;
+        resp.status
+            .ok_or_else(|| format!("ContainerStatus of {container_id}: no status"))
+    }
+
     fn call<T>(
         &mut self,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -240,7 +313,7 @@ impl Cri {
 
 /// One RPC under [`RPC_LIMIT`], its status rendered for the report. The
 /// timer must be created inside the runtime: call this from async code.
-async fn rpc<T>(
+pub async fn rpc<T>(
     fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, RpcError> {
     match tokio::time::timeout(RPC_LIMIT, fut).await {

@@ -41,6 +41,17 @@ impl Kind {
             Kind::Containerd => "containerd",
         }
     }
+
+    /// The order both systems take their turn in iteration `i`: skiff first
+    /// in even iterations, containerd first in odd ones, so drift and order
+    /// effects cancel.
+    pub fn order(i: usize) -> [Kind; 2] {
+        if i.is_multiple_of(2) {
+            [Kind::Skiff, Kind::Containerd]
+        } else {
+            [Kind::Containerd, Kind::Skiff]
+        }
+    }
 }
 
 /// A daemon that started and answers CRI.
@@ -252,6 +263,13 @@ impl Harness {
     /// The tmpfs everything lives on.
     pub fn base(&self) -> &Path {
         self.tmpfs.path()
+    }
+
+    /// The network namespace's bind mount (`/run/netns/<name>`): both daemons'
+    /// streaming servers listen on its loopback, so clients of theirs create
+    /// their sockets from a thread that entered it.
+    pub fn netns_path(&self) -> &Path {
+        self.netns.inner.path()
     }
 
     /// `127.0.0.1:5000/<repo>:<tag>`.
@@ -606,6 +624,12 @@ pub fn preflight() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_alternates() {
+        assert_eq!(Kind::order(0), [Kind::Skiff, Kind::Containerd]);
+        assert_eq!(Kind::order(1), [Kind::Containerd, Kind::Skiff]);
+    }
 
     #[test]
     fn containerd_config_is_valid_toml() {

@@ -76,6 +76,15 @@ struct Args {
     /// density: seconds the pods sit idle while CPU is measured (default 10, quick 1).
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// exec: ExecSync and streaming exec samples per system (default 200, quick 3).
+    #[arg(long)]
+    execs: Option<usize>,
+    /// exec: MiB per port-forward transfer (default 256, quick 4).
+    #[arg(long)]
+    forward_mib: Option<u64>,
+    /// logs: MiB each container writes to stdout (default 1024, quick 16).
+    #[arg(long)]
+    log_mib: Option<u64>,
     /// netsetup: pods set up and torn down one at a time per path (default 200, quick 5).
     #[arg(long)]
     net_pods: Option<usize>,
@@ -169,6 +178,31 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.idle_secs {
         density_sizes.idle = std::time::Duration::from_secs(v);
     }
+    let mut exec_sizes = if args.quick {
+        scenario::exec::Sizes::QUICK
+    } else {
+        scenario::exec::Sizes::FULL
+    };
+    if let Some(v) = args.execs {
+        exec_sizes.execs = v.max(1);
+    }
+    if let Some(v) = args.forward_mib {
+        exec_sizes.forward_bytes = v.max(1) << 20;
+    }
+    if let Some(r) = args.reps {
+        exec_sizes.forwards = r.max(1);
+    }
+    let mut log_sizes = if args.quick {
+        scenario::logs::Sizes::QUICK
+    } else {
+        scenario::logs::Sizes::FULL
+    };
+    if let Some(v) = args.log_mib {
+        log_sizes.bytes = v.max(1) << 20;
+    }
+    if let Some(r) = args.reps {
+        log_sizes.reps = r.max(1);
+    }
     let mut net_sizes = if args.quick {
         netsetup::Sizes::QUICK
     } else {
@@ -236,6 +270,23 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     "{} mode, {} pods per system",
                     quick_word, density_sizes.pods
                 ),
+                Scenario::Exec => format!(
+                    "{} mode, {} ExecSync and {} streaming execs, {} port-forward transfer{} of \
+                     {} MiB each way per system",
+                    quick_word,
+                    exec_sizes.execs,
+                    exec_sizes.execs,
+                    exec_sizes.forwards,
+                    if exec_sizes.forwards == 1 { "" } else { "s" },
+                    exec_sizes.forward_bytes >> 20
+                ),
+                Scenario::Logs => format!(
+                    "{} mode, {} MiB per container, {} sample{} per case and system",
+                    quick_word,
+                    log_sizes.bytes >> 20,
+                    log_sizes.reps,
+                    if log_sizes.reps == 1 { "" } else { "s" }
+                ),
                 Scenario::NetSetup => format!(
                     "{} mode, {} sequential pods and {} at once per path",
                     quick_word, net_sizes.pods, net_sizes.concurrent
@@ -269,6 +320,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         Scenario::Pull => pull::run(h, sizes)?,
                         Scenario::PodStart => podstart::run(h, pod_sizes)?,
                         Scenario::Density => density::run(h, density_sizes)?,
+                        Scenario::Exec => scenario::exec::run(h, exec_sizes)?,
+                        Scenario::Logs => scenario::logs::run(h, log_sizes)?,
                         _ => Outcome::default(),
                     };
                     report.daemons = daemon_lines(h, &cpu0);

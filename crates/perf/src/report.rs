@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use crate::harness::Kind;
 use crate::machine::Machine;
 use crate::scenario::{Outcome, Scenario};
+use crate::stats::{Summary, fmt_opt, ratio};
 
 /// A UTC instant as `20260501T120304Z` (file names) and `2026-05-01 12:03:04 UTC` (text).
 #[derive(Debug, Clone)]
@@ -242,9 +243,129 @@ pub fn write(
     Ok(written)
 }
 
+/// Why a system has no samples in a table row: it was unavailable, its first
+/// error (escaped for a table cell), or that none were taken.
+pub fn why_none(available: bool, errors: &[String]) -> String {
+    if !available {
+        "unavailable".to_owned()
+    } else if let Some(e) = errors.first() {
+        format!("failed: {}", e.replace('|', "\\|").replace('\n', " "))
+    } else {
+        "no samples".to_owned()
+    }
+}
+
+/// Appends the rows `| case | system | n | p50 | p95 | p99 | min | max |` of one
+/// case: each system's summary with `digits` decimals (or, without samples,
+/// its entry in `why`), then a bold skiff/containerd ratio row when both have
+/// samples. Returns the summaries.
+pub fn summary_rows(
+    b: &mut String,
+    case: &str,
+    digits: usize,
+    samples: &[(Kind, &[f64], String)],
+) -> Vec<(Kind, Summary)> {
+    let mut sums = Vec::new();
+    for (kind, values, why) in samples {
+        match Summary::of(values) {
+            Some(s) => {
+                sums.push((*kind, s));
+                let _ = writeln!(
+                    b,
+                    "| {case} | {} | {} | {:.digits$} | {:.digits$} | {:.digits$} | {:.digits$} | \
+                     {:.digits$} |",
+                    kind.label(),
+                    s.n,
+                    s.p50,
+                    s.p95,
+                    s.p99,
+                    s.min,
+                    s.max
+                );
+            }
+            None => {
+                let _ = writeln!(b, "| {case} | {} | 0 | {why} | | | | |", kind.label());
+            }
+        }
+    }
+    let find = |k: Kind| sums.iter().find(|(kind, _)| *kind == k).map(|(_, s)| *s);
+    if let (Some(s), Some(c)) = (find(Kind::Skiff), find(Kind::Containerd)) {
+        let r = |a: f64, b: f64| fmt_opt(ratio(Some(a), Some(b)), 2);
+        let _ = writeln!(
+            b,
+            "| {case} | **skiff/containerd** | | **{}** | {} | {} | {} | {} |",
+            r(s.p50, c.p50),
+            r(s.p95, c.p95),
+            r(s.p99, c.p99),
+            r(s.min, c.min),
+            r(s.max, c.max),
+        );
+    }
+    sums
+}
+
+/// A target table's verdict on `ratio`: `yes` when `ok`, `**no**` when not, `—` without one.
+pub fn met(ratio: Option<f64>, ok: impl Fn(f64) -> bool) -> &'static str {
+    match ratio {
+        Some(r) if ok(r) => "yes",
+        Some(_) => "**no**",
+        None => "—",
+    }
+}
+
+/// A row `| case | skiff p50 | containerd p50 | skiff/containerd | ≤ max | met |`
+/// of a target that skiff's p50 be at most `max` times containerd's.
+pub fn target_row(
+    b: &mut String,
+    case: &str,
+    digits: usize,
+    skiff: Option<f64>,
+    containerd: Option<f64>,
+    max: f64,
+) {
+    let r = ratio(skiff, containerd);
+    let _ = writeln!(
+        b,
+        "| {case} | {} | {} | {} | ≤ {max:.2} | {} |",
+        fmt_opt(skiff, digits),
+        fmt_opt(containerd, digits),
+        fmt_opt(r, 2),
+        met(r, |r| r <= max)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_rows_end_with_the_ratio() {
+        let mut b = String::new();
+        let sums = summary_rows(
+            &mut b,
+            "x",
+            1,
+            &[
+                (Kind::Skiff, &[1.0, 2.0, 3.0], String::new()),
+                (Kind::Containerd, &[4.0], String::new()),
+            ],
+        );
+        assert_eq!(sums.len(), 2);
+        let lines: Vec<&str> = b.lines().collect();
+        assert_eq!(lines[0], "| x | skiff | 3 | 2.0 | 3.0 | 3.0 | 1.0 | 3.0 |");
+        assert_eq!(
+            lines[2],
+            "| x | **skiff/containerd** | | **0.50** | 0.75 | 0.75 | 0.25 | 0.75 |"
+        );
+        let mut b = String::new();
+        summary_rows(
+            &mut b,
+            "x",
+            1,
+            &[(Kind::Containerd, &[], why_none(true, &["a|b".into()]))],
+        );
+        assert_eq!(b, "| x | containerd | 0 | failed: a\\|b | | | | |\n");
+    }
 
     #[test]
     fn civil_dates() {

@@ -70,9 +70,21 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// MB/s (10^6 bytes per second) for `bytes` moved in `ms` milliseconds.
+pub fn mb_per_s(bytes: u64, ms: f64) -> f64 {
+    bytes as f64 / 1e6 / (ms / 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting_and_rates() {
+        assert_eq!(fmt_opt(Some(1.234), 1), "1.2");
+        assert_eq!(fmt_opt(None, 1), "—");
+        assert!((mb_per_s(2_000_000, 1000.0) - 2.0).abs() < 1e-9);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -214,24 +214,47 @@ fn stop(name: &str, child: &Mutex<Child>, grace: Duration) {
 
 /// CPU seconds (user + system, own and reaped children's) of `pid`.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    // utime (field 14), stime, cutime, cstime (17).
+    stat_seconds(pid, 14..=17)
+}
+
+/// CPU seconds (user + system) of `pid` itself, without its reaped children:
+/// a shim's own work, not the containers and runc calls it waited for.
+pub fn own_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    // utime (field 14) and stime (15).
+    stat_seconds(pid, 14..=15)
+}
+
+/// The sum of the clock-tick fields `fields` (numbered as in proc(5), from 1)
+/// of `/proc/<pid>/stat`, in seconds.
+fn stat_seconds(pid: u32, fields: std::ops::RangeInclusive<usize>) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command: state is field 3, utime 14 … cstime 17.
+    // After the parenthesised command (field 2) comes the state, field 3.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
         .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let after: Vec<&str> = rest.split_whitespace().collect();
     let mut ticks = 0u64;
-    for i in 11..=14 {
-        ticks += fields
-            .get(i)
+    for field in fields {
+        ticks += after
+            .get(field - 3)
             .context("short /proc/<pid>/stat")?
             .parse::<u64>()
             .context("parsing /proc/<pid>/stat")?;
     }
     let hz = rustix::param::clock_ticks_per_second();
     Ok(ticks as f64 / hz as f64)
+}
+
+/// Whether `pid` still runs: it exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.

@@ -19,7 +19,7 @@ use super::pods::{self, Census, Leftovers, MountBaseline, PodSweep, mib};
 use crate::cri::StartedPod;
 use crate::harness::{Harness, Kind, Running};
 use crate::plot::Line;
-use crate::stats::{Summary, ms, ratio};
+use crate::stats::{Summary, fmt_opt, ms, ratio};
 use crate::sys::{self, Mem};
 
 /// How many pods, how long idle.
@@ -285,10 +285,6 @@ fn point(
         containers: pods::mem_of(&census.containers),
         census,
     }
-}
-
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
 }
 
 /// KiB per pod.

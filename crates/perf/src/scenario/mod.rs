@@ -1,6 +1,8 @@
 //! The scenarios `perf/run` knows, implemented or not yet.
 
 pub mod density;
+pub mod exec;
+pub mod logs;
 pub mod netsetup;
 mod pods;
 pub mod podstart;
@@ -65,8 +67,14 @@ impl Scenario {
                 "RunPodSandbox + CreateContainer + StartContainer (+ stop/remove) latency per pod"
             }
             Scenario::Density => "daemon and per-pod shim RSS/PSS and CPU with many idle pods",
-            Scenario::Logs => "container stdout throughput into CRI log files",
-            Scenario::Exec => "ExecSync round-trip latency into a running container",
+            Scenario::Logs => {
+                "container stdout (1 GiB in big writes, and in 100-byte lines) into the CRI log \
+                 file: MB/s and the shim's (and daemon's) CPU seconds per GiB"
+            }
+            Scenario::Exec => {
+                "ExecSync and streaming exec (CRI Exec URL + SPDY session) latency of `true`, \
+                 and port-forward throughput through the CRI PortForward URL"
+            }
             Scenario::NetSetup => {
                 "pod network setup and teardown per pod: skiff's built-in bridge (in-process \
                  netlink) against the CNI plugins (bridge + host-local + loopback), in one run"
@@ -78,7 +86,7 @@ impl Scenario {
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
             Scenario::Pull | Scenario::PodStart | Scenario::Density | Scenario::NetSetup => None,
-            Scenario::Logs | Scenario::Exec => Some("not implemented yet"),
+            Scenario::Logs | Scenario::Exec => None,
         }
     }
 
@@ -109,6 +117,15 @@ pub struct Outcome {
     pub line_title: String,
     /// The line chart's x and y axis labels.
     pub line_axes: (String, String),
+}
+
+impl Outcome {
+    /// Lists `errors` of system `kind` in the report, repeats collapsed.
+    pub fn system_errors(&mut self, kind: Kind, errors: &[String]) {
+        for e in dedup(errors) {
+            self.errors.push(format!("{}: {e}", kind.label()));
+        }
+    }
 }
 
 /// Collapses repeated messages into `message (×n)`.

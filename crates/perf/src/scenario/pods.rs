@@ -178,6 +178,17 @@ pub struct PodSweep {
 }
 
 impl PodSweep {
+    /// A sweep for each running system of `h`.
+    pub fn all(h: &mut Harness) -> Vec<PodSweep> {
+        h.systems()
+            .into_iter()
+            .filter_map(|s| {
+                let kind = s.kind;
+                s.running().map(|r| PodSweep::new(kind, r))
+            })
+            .collect()
+    }
+
     /// Guards the daemon `r` of `kind`; also removes the pods' cgroup parents.
     pub fn new(kind: Kind, r: &Running) -> PodSweep {
         let socket = r.socket.clone();

@@ -17,7 +17,8 @@ use super::pods::{self, PodSweep};
 use crate::cri::StartedPod;
 use crate::harness::{Harness, Kind};
 use crate::plot::{Group, Series};
-use crate::stats::{Summary, ms, ratio};
+use crate::report::{summary_rows, target_row, why_none};
+use crate::stats::{Summary, fmt_opt, ms, ratio};
 
 /// How many pods.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +87,7 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
         ..Outcome::default()
     };
     o.notes = pods::prepare(h, "podstart")?;
-    let _sweeps: Vec<PodSweep> = h
-        .systems()
-        .into_iter()
-        .filter_map(|s| {
-            let kind = s.kind;
-            s.running().map(|r| PodSweep::new(kind, r))
-        })
-        .collect();
+    let _sweeps = PodSweep::all(h);
 
     let mut cells: BTreeMap<Kind, Cell> = BTreeMap::new();
     for kind in Kind::ALL {
@@ -106,7 +100,7 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
         }
     }
     for i in 0..sizes.starts {
-        for kind in order(i) {
+        for kind in Kind::order(i) {
             one_pod(h, kind, &format!("seq-{i}"), cells.entry(kind).or_default());
         }
         if (i + 1).is_multiple_of(10) || i + 1 == sizes.starts {
@@ -120,7 +114,7 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
 
     let mut batches = Vec::new();
     for round in 0..sizes.batches {
-        for kind in order(round) {
+        for kind in Kind::order(round) {
             if let Some(b) = batch(h, kind, round, sizes.batch, cells.entry(kind).or_default()) {
                 batches.push(b);
             }
@@ -130,15 +124,6 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
 
     write_body(h, &mut o, &cells, &batches, sizes);
     Ok(o)
-}
-
-/// A B for even iterations, B A for odd ones.
-fn order(i: usize) -> [Kind; 2] {
-    if i.is_multiple_of(2) {
-        [Kind::Skiff, Kind::Containerd]
-    } else {
-        [Kind::Containerd, Kind::Skiff]
-    }
 }
 
 fn one_pod(h: &mut Harness, kind: Kind, name: &str, cell: &mut Cell) {
@@ -239,10 +224,6 @@ fn batch(h: &mut Harness, kind: Kind, round: usize, n: usize, cell: &mut Cell) -
     })
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
-}
-
 fn write_body(
     h: &mut Harness,
     o: &mut Outcome,
@@ -268,48 +249,19 @@ fn write_body(
     );
     let mut p50s: BTreeMap<(usize, Kind), f64> = BTreeMap::new();
     for (i, step) in STEPS.iter().enumerate() {
-        let mut sums = BTreeMap::new();
-        for kind in Kind::ALL {
-            let c = cell(kind);
-            match Summary::of(&c.steps[i]) {
-                Some(s) => {
-                    p50s.insert((i, kind), s.p50);
-                    sums.insert(kind, s);
-                    let _ = writeln!(
-                        b,
-                        "| {step} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                        kind.label(),
-                        s.n,
-                        s.p50,
-                        s.p95,
-                        s.p99,
-                        s.min,
-                        s.max
-                    );
-                }
-                None => {
-                    let why = if h.system(kind).state.is_err() {
-                        "unavailable".to_owned()
-                    } else if let Some(e) = c.errors.first() {
-                        format!("failed: {}", e.replace('|', "\\|").replace('\n', " "))
-                    } else {
-                        "no samples".to_owned()
-                    };
-                    let _ = writeln!(b, "| {step} | {} | 0 | {why} | | | | |", kind.label());
-                }
-            }
-        }
-        if let (Some(s), Some(c)) = (sums.get(&Kind::Skiff), sums.get(&Kind::Containerd)) {
-            let r = |a: f64, b: f64| fmt_opt(ratio(Some(a), Some(b)), 2);
-            let _ = writeln!(
-                b,
-                "| {step} | **skiff/containerd** | | **{}** | {} | {} | {} | {} |",
-                r(s.p50, c.p50),
-                r(s.p95, c.p95),
-                r(s.p99, c.p99),
-                r(s.min, c.min),
-                r(s.max, c.max),
-            );
+        let rows: Vec<(Kind, &[f64], String)> = Kind::ALL
+            .into_iter()
+            .map(|k| {
+                let available = h.system(k).state.is_ok();
+                (
+                    k,
+                    &cell(k).steps[i][..],
+                    why_none(available, &cell(k).errors),
+                )
+            })
+            .collect();
+        for (kind, s) in summary_rows(b, step, 1, &rows) {
+            p50s.insert((i, kind), s.p50);
         }
     }
 
@@ -328,22 +280,8 @@ fn write_body(
         }
     );
     for i in [3usize, 4] {
-        let s = p50s.get(&(i, Kind::Skiff)).copied();
-        let c = p50s.get(&(i, Kind::Containerd)).copied();
-        let r = ratio(s, c);
-        let _ = writeln!(
-            b,
-            "| {} | {} | {} | {} | ≤ 0.20 | {} |",
-            STEPS[i],
-            fmt_opt(s, 1),
-            fmt_opt(c, 1),
-            fmt_opt(r, 2),
-            match r {
-                Some(r) if r <= 0.2 => "yes",
-                Some(_) => "**no**",
-                None => "—",
-            }
-        );
+        let p50 = |k: Kind| p50s.get(&(i, k)).copied();
+        target_row(b, STEPS[i], 1, p50(Kind::Skiff), p50(Kind::Containerd), 0.2);
     }
 
     let _ = writeln!(
@@ -442,19 +380,6 @@ fn write_body(
         ));
     }
     for kind in Kind::ALL {
-        for e in super::dedup(&cell(kind).errors) {
-            o.errors.push(format!("{}: {e}", kind.label()));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_alternates() {
-        assert_eq!(order(0), [Kind::Skiff, Kind::Containerd]);
-        assert_eq!(order(1), [Kind::Containerd, Kind::Skiff]);
+        o.system_errors(kind, &cell(kind).errors);
     }
 }

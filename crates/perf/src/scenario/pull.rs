@@ -22,7 +22,7 @@ use skiff_testkit::{Compression, Image, ImageBuilder, big_files_layer, many_smal
 use super::Outcome;
 use crate::harness::{Harness, Kind};
 use crate::plot::{Group, Series};
-use crate::stats::{Summary, ms, ratio};
+use crate::stats::{Summary, fmt_opt, mb_per_s, ms, ratio};
 use crate::sys;
 
 /// Image sizes and repetitions.
@@ -305,15 +305,6 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// MB/s for `bytes` in `ms` milliseconds.
-fn rate(bytes: u64, ms: f64) -> f64 {
-    mb(bytes) / (ms / 1000.0)
-}
-
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
-}
-
 fn p50(samples: &[f64]) -> Option<f64> {
     Summary::of(samples).map(|s| s.p50)
 }
@@ -389,7 +380,7 @@ fn outcome(
                         s.p99,
                         s.min,
                         s.max,
-                        rate(img.blob_bytes(), s.p50),
+                        mb_per_s(img.blob_bytes(), s.p50),
                         fmt_opt(cpu, 2),
                         c.store_before_max,
                         mb(c.store_after_pull_min.unwrap_or(0)),
@@ -450,7 +441,7 @@ fn outcome(
         ];
         let serial = parts.iter().copied().sum::<Option<f64>>();
         let show = |v: Option<f64>| match v {
-            Some(v) => format!("{v:.1} ({:.0})", rate(img.blob_bytes(), v)),
+            Some(v) => format!("{v:.1} ({:.0})", mb_per_s(img.blob_bytes(), v)),
             None => "—".into(),
         };
         let _ = writeln!(
