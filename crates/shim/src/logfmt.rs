@@ -2,8 +2,9 @@
 //!
 //! A line ends at `\n` (tag `F`). A line longer than the bound is cut into `P`
 //! (partial) entries of at most that many bytes, the last piece tagged `F`. Output
-//! that ends without a newline when the stream closes is written as `F`, as containerd
-//! does.
+//! that ends without a newline when the stream closes is written as `P`, as containerd
+//! does: a reader that joins entries gets exactly the bytes written, with no newline
+//! added.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,10 +88,11 @@ impl LineSplitter {
         }
     }
 
-    /// The stream closed: write what is left as a full entry.
+    /// The stream closed: write what is left (a line without its newline) as a
+    /// partial entry.
     pub fn finish(&mut self, timestamp: &str, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
-            entry(self.stream, timestamp, b'F', &self.pending, out);
+            entry(self.stream, timestamp, b'P', &self.pending, out);
             self.pending = Vec::new();
         }
     }
@@ -184,7 +186,7 @@ mod tests {
     #[test]
     fn unterminated_output_is_flushed_at_close() {
         assert_eq!(run(100, &[b"no newline"], false), "");
-        assert_eq!(run(100, &[b"no newline"], true), "T stdout F no newline\n");
+        assert_eq!(run(100, &[b"no newline"], true), "T stdout P no newline\n");
     }
 
     #[test]
@@ -224,7 +226,7 @@ mod tests {
             let _ = k;
         }
         if !cur.is_empty() {
-            out.push((b'F', cur));
+            out.push((b'P', cur));
         }
         out
     }
