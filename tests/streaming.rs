@@ -353,6 +353,45 @@ async fn bad_streaming_requests_are_refused() {
         .expect_err("unknown token");
     assert!(e.to_string().contains("404"), "{e}");
 
+    // A WebSocket attempt is refused with 400 and leaves the URL usable (clients fall
+    // back to SPDY with the same URL).
+    let url = exec_url(&mut c, &id, &["echo", "fallback"], false, false).await;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_once('/').unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        tcp,
+        "GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+    )
+    .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 12];
+    tcp.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 400",
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(tcp);
+    let out = Collect::default();
+    let exit = remote_command(
+        &url,
+        LocalIo {
+            stdout: Some(Box::new(out.clone())),
+            stderr: Some(Box::new(Collect::default())),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("the SPDY fallback gets the same URL");
+    assert_eq!(
+        (exit, out.text()),
+        (RemoteExit::Code(0), "fallback\n".to_string())
+    );
+
     // Garbage after the upgrade: the connection is dropped, skiffd goes on serving.
     let url = exec_url(&mut c, &id, &["sleep", "100"], false, false).await;
     let rest = url.strip_prefix("http://").unwrap();

@@ -183,12 +183,6 @@ impl Server {
         if req.method() != hyper::Method::POST && req.method() != hyper::Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST or GET");
         }
-        let Some(pending) = self.take(kind, token) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                "unknown, used or expired streaming token",
-            );
-        };
         let headers = req.headers();
         let has = |name: &str, want: &str| {
             headers.get_all(name).iter().any(|v| {
@@ -219,9 +213,10 @@ impl Server {
             .filter(|v| !v.is_empty())
             .collect();
         let offered: Vec<&str> = offered.iter().map(String::as_str).collect();
-        let supported: &[&str] = match pending {
-            Pending::PortForward { .. } => &[PORT_FORWARD_PROTOCOL],
-            _ => REMOTE_PROTOCOLS,
+        let supported: &[&str] = if kind == "portforward" {
+            &[PORT_FORWARD_PROTOCOL]
+        } else {
+            REMOTE_PROTOCOLS
         };
         let protocol = match skiff_spdy::negotiate(&offered, supported) {
             Ok(p) => p,
@@ -233,6 +228,14 @@ impl Server {
                 }
                 return resp;
             }
+        };
+        // Only a request that becomes a session uses the token up: a client that tries
+        // WebSocket first and falls back to SPDY keeps its URL.
+        let Some(pending) = self.take(kind, token) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "unknown, used or expired streaming token",
+            );
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let proto = protocol.clone();
