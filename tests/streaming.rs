@@ -551,6 +551,56 @@ async fn attach_with_stdin_once_and_logs_kept() {
         assert!(Instant::now() < deadline, "container did not exit");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Without stdin_once, the attach ends when the client's stdin does, and the
+    // container keeps running.
+    let (_pod2, cat) = pod_with(&mut c, "attach2", logs.path(), |ctr| {
+        ctr.command = vec!["cat".into()];
+        ctr.stdin = true;
+    })
+    .await;
+    let url = c
+        .runtime
+        .attach(api::AttachRequest {
+            container_id: cat.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url;
+    let out = Collect::default();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(20),
+        remote_command(
+            &url,
+            LocalIo {
+                stdin: Some(delayed_input(b"echoed\n", Duration::from_millis(300))),
+                stdout: Some(Box::new(out.clone())),
+                stderr: Some(Box::new(Collect::default())),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("the attach ends with the client's stdin")
+    .expect("attach session");
+    assert_eq!(exit, RemoteExit::Code(0));
+    let s = c
+        .runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: cat.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, api::ContainerState::ContainerRunning as i32);
     drop(env);
 }
 

@@ -37,7 +37,15 @@ pub async fn serve(
             .header("port")
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|&p| p != 0);
-        let request = stream.header("requestid").map(str::to_string);
+        // Old clients send no request id: the kubelet pairs an error stream with the
+        // data stream opened right after it (ids two apart).
+        let request = stream.header("requestid").map(str::to_string).or_else(|| {
+            match stream.header("streamtype") {
+                Some("error") => Some(stream.id().to_string()),
+                Some("data") => stream.id().checked_sub(2).map(|id| id.to_string()),
+                _ => None,
+            }
+        });
         let (Some(port), Some(request)) = (port, request) else {
             tracing::debug!("port-forward stream without a valid port or request id");
             stream.split().1.reset().await;
@@ -64,7 +72,15 @@ pub async fn serve(
             else {
                 continue;
             };
-            tokio::spawn(forward(error, data, port, pod.clone(), runtime.clone()));
+            let conn = conn.clone();
+            let (pod, runtime) = (pod.clone(), runtime.clone());
+            tokio::spawn(async move {
+                // The connection's end ends the forwarded connection too.
+                tokio::select! {
+                    () = forward(error, data, port, pod, runtime) => {}
+                    () = conn.closed() => {}
+                }
+            });
         }
     }
     conn.close().await;

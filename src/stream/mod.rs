@@ -279,8 +279,10 @@ impl Server {
     }
 }
 
-/// Copy between a TCP connection and a SPDY stream until both directions ended: TCP
-/// EOF becomes FIN on the stream, the stream's FIN a TCP half-close.
+/// Copy between a TCP connection and a SPDY stream: TCP EOF becomes FIN on the stream,
+/// the stream's FIN a TCP half-close. Once one direction has ended the other gets
+/// [`FORWARD_LINGER`] more (containerd's rule: a peer that waits for the other side to
+/// close first cannot hang the connection), then both are closed.
 pub(crate) async fn splice_tcp(
     tcp: tokio::net::TcpStream,
     mut from_peer: skiff_spdy::StreamReader,
@@ -310,8 +312,21 @@ pub(crate) async fn splice_tcp(
         }
         let _ = to_peer.finish().await;
     };
-    tokio::join!(inbound, outbound);
+    tokio::pin!(inbound, outbound);
+    tokio::select! {
+        () = &mut inbound => {
+            let _ = tokio::time::timeout(FORWARD_LINGER, &mut outbound).await;
+        }
+        () = &mut outbound => {
+            let _ = tokio::time::timeout(FORWARD_LINGER, &mut inbound).await;
+        }
+    }
+    let _ = to_peer.finish().await;
 }
+
+/// How long the second direction of a forwarded connection may go on after the first
+/// ended.
+pub const FORWARD_LINGER: Duration = Duration::from_secs(1);
 
 fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use skiff_shim::protocol::FdRole;
 use skiff_spdy::{Connection, Stream, StreamReader, StreamWriter};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc::Receiver;
-use tokio::task::JoinHandle;
+
+use tokio::task::JoinSet;
 
 use super::fdio::FdIo;
 use super::{STREAM_CREATION_TIMEOUT, StdioOpts};
@@ -216,12 +218,19 @@ async fn run(
     let exec = matches!(what, What::Exec { .. });
     let mut input = None;
     let mut tty = None;
-    let mut outputs: Vec<JoinHandle<()>> = Vec::new();
+    // Owned here: when the session ends (or this future is dropped because the client
+    // went away) every copy task is aborted and the fds close, so the shim drops its end.
+    let mut outputs: JoinSet<()> = JoinSet::new();
+    let mut aux: JoinSet<()> = JoinSet::new();
+    let progress = Arc::new(Progress::default());
+    let mut fds = Vec::new();
     for (role, fd) in stdio.fds {
-        let fd = match FdIo::new(fd) {
-            Ok(f) => Arc::new(f),
+        match FdIo::new(fd) {
+            Ok(f) => fds.push((role, Arc::new(f))),
             Err(e) => return Some(Outcome::Internal(format!("stdio: {e}"))),
-        };
+        }
+    }
+    for (role, fd) in fds {
         match role {
             FdRole::Stdin => input = Some(fd),
             FdRole::Tty => {
@@ -229,51 +238,61 @@ async fn run(
                 tty = Some(fd.clone());
                 // An exec's terminal is its output too; an attach reads a copy the shim makes.
                 if exec {
-                    outputs.push(tokio::spawn(pump_out(fd, stdout.clone())));
+                    outputs.spawn(pump_out(fd, stdout.clone(), progress.clone()));
                 }
             }
-            FdRole::Stdout => outputs.push(tokio::spawn(pump_out(fd, stdout.clone()))),
-            FdRole::Stderr => outputs.push(tokio::spawn(pump_out(fd, stderr.clone()))),
+            FdRole::Stdout => {
+                outputs.spawn(pump_out(fd, stdout.clone(), progress.clone()));
+            }
+            FdRole::Stderr => {
+                outputs.spawn(pump_out(fd, stderr.clone(), progress.clone()));
+            }
         }
     }
+    let is_tty = tty.is_some();
+    // containerd's rule: an attach ends when the client's stdin ends, except for a
+    // stdin_once container without a terminal, whose stdin is closed instead (and the
+    // attach lasts until its output ends).
     let stdin_once = !exec && runtime.stdin_once(container);
-    let input_task = stdin.map(|r| {
+    let (stdin_done_tx, mut stdin_done) = tokio::sync::oneshot::channel::<()>();
+    let ends_attach = !exec && stdin.is_some() && (is_tty || !stdin_once);
+    if let Some(r) = stdin {
         let runtime = runtime.clone();
         let container = container.clone();
-        let is_tty = tty.is_some();
-        tokio::spawn(async move {
+        aux.spawn(async move {
             pump_in(r, input, is_tty).await;
             if stdin_once {
                 let _ = runtime.close_stdin(&container).await;
             }
-        })
-    });
-    let resize_task = match (resize, tty) {
-        (Some(r), Some(t)) => Some(tokio::spawn(resizes(r, t))),
-        _ => None,
-    };
-    let outputs_done = async {
-        for h in outputs {
-            let _ = h.await;
-        }
-    };
-    let outputs_done = std::pin::pin!(outputs_done);
-    let mut outputs_done = outputs_done;
+            let _ = stdin_done_tx.send(());
+        });
+    }
+    if let (Some(r), Some(t)) = (resize, tty) {
+        aux.spawn(resizes(r, t));
+    }
     let outcome = match stdio.exit {
         Some(exit) => {
             let exit = exit.wait();
             tokio::pin!(exit);
-            let mut finished = false;
-            // Output may end before the exit is reported, or (a child holding the pipe)
-            // after it: then it gets a grace period.
+            let mut finished = outputs.is_empty();
             let exit = loop {
                 tokio::select! {
                     e = &mut exit => break e,
-                    () = &mut outputs_done, if !finished => finished = true,
+                    done = outputs.join_next(), if !finished => finished = done.is_none(),
                 }
             };
-            if !finished {
-                let _ = tokio::time::timeout(OUTPUT_GRACE, &mut outputs_done).await;
+            // Output may end after the exit (a child the process left behind holds the
+            // pipe): it keeps flowing while it moves or the client is still taking it,
+            // and is cut only after OUTPUT_GRACE with neither.
+            while !finished {
+                let before = progress.bytes.load(Ordering::Relaxed);
+                let drained = tokio::time::timeout(OUTPUT_GRACE, async {
+                    while outputs.join_next().await.is_some() {}
+                })
+                .await;
+                finished = drained.is_ok()
+                    || (progress.bytes.load(Ordering::Relaxed) == before
+                        && progress.sending.load(Ordering::Relaxed) == 0);
             }
             match exit {
                 Ok(e) if e.code == 0 => Outcome::Success,
@@ -282,30 +301,44 @@ async fn run(
             }
         }
         None => {
-            outputs_done.await;
+            let all_out = async { while outputs.join_next().await.is_some() {} };
+            tokio::select! {
+                () = all_out => {}
+                _ = &mut stdin_done, if ends_attach => {}
+            }
             Outcome::Success
         }
     };
-    for t in [input_task, resize_task].into_iter().flatten() {
-        t.abort();
-    }
+    outputs.abort_all();
+    aux.abort_all();
     Some(outcome)
+}
+
+/// Output moving through a session: bytes read, and copies blocked on the client.
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    sending: AtomicUsize,
 }
 
 /// Copy a process's output to its stream (or drop it if the client did not ask for
 /// it), then FIN.
-async fn pump_out(fd: Arc<FdIo>, to: Option<StreamWriter>) {
+async fn pump_out(fd: Arc<FdIo>, to: Option<StreamWriter>, progress: Arc<Progress>) {
     let mut buf = vec![0u8; 32 << 10];
     let mut to = to;
     loop {
         match fd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if let Some(w) = &to
-                    && w.send(&buf[..n]).await.is_err()
-                {
-                    // The client is gone; keep draining so the process never blocks.
-                    to = None;
+                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(w) = &to {
+                    progress.sending.fetch_add(1, Ordering::Relaxed);
+                    let sent = w.send(&buf[..n]).await;
+                    progress.sending.fetch_sub(1, Ordering::Relaxed);
+                    if sent.is_err() {
+                        // The client is gone; keep draining so the process never blocks.
+                        to = None;
+                    }
                 }
             }
         }

@@ -1082,11 +1082,9 @@ impl Shim {
             return;
         }
         drop(fds);
-        if let Some(exit) = self.early_exits.remove(&pid) {
-            self.owners.remove(&pid);
-            send(stream, &Ok(Reply::Exited(exit)));
-            return;
-        }
+        // Nothing was reaped since the runtime started the process, so an exit recorded
+        // for this pid belongs to an earlier process that had it.
+        self.early_exits.remove(&pid);
         if stream.set_nonblocking(true).is_ok() {
             self.streams.insert(n, StreamJob { conn: stream, pid });
         }

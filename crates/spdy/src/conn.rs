@@ -465,11 +465,11 @@ impl StreamWriter {
     pub async fn reset(&self) {
         {
             let mut st = self.inner.state();
-            match st.streams.get_mut(&self.id) {
+            // A reset stream is over in both directions: its state goes (late frames
+            // for it are dropped as for any finished stream).
+            match st.streams.get(&self.id) {
                 Some(s) if !s.reset => {
-                    s.reset = true;
-                    s.data_tx = None;
-                    s.reply = None;
+                    st.streams.remove(&self.id);
                 }
                 _ => return,
             }
@@ -586,10 +586,8 @@ async fn dispatch(
         } => on_syn_reply(inner, stream_id, flags),
         Frame::RstStream { stream_id, status } => {
             let mut st = inner.state();
-            if let Some(s) = st.streams.get_mut(&stream_id) {
+            if let Some(mut s) = st.streams.remove(&stream_id) {
                 tracing::debug!(stream_id, status, "SPDY stream reset by peer");
-                s.reset = true;
-                s.data_tx = None;
                 if let Some(reply) = s.reply.take() {
                     let _ = reply.send(Err(OpenFail::Reset(status)));
                 }
@@ -636,7 +634,9 @@ async fn on_data(inner: &Inner, stream_id: u32, fin: bool, data: Bytes) {
                 }
                 None => Err(rst::STREAM_ALREADY_CLOSED),
             },
-            None if known => Err(rst::STREAM_ALREADY_CLOSED),
+            // A stream that ended (FIN both ways or reset): frames still in flight are
+            // dropped without an answer.
+            None if known => return,
             None => Err(rst::INVALID_STREAM),
         }
     };
