@@ -258,6 +258,16 @@ pub fn mount_overlay(
     Ok(())
 }
 
+/// Return memory the allocator holds in its free lists to the system (glibc's
+/// `malloc_trim`); a no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own state; 0 = keep no padding.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Unmount `target` if something is mounted there (lazily, so a busy mount goes away
 /// once its last user does).
 pub fn unmount(target: &Path) -> Result<(), SysError> {
