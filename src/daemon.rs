@@ -194,6 +194,7 @@ fn image_config(config: &Config) -> skiff_image::ImagesConfig {
 
 /// Run skiffd until SIGTERM or SIGINT.
 pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
+    crate::sys::limit_malloc_arenas();
     let config = Arc::new(Config::load(args.config.as_deref(), &args.overrides())?);
     make_dir(&config.root)?;
     make_dir(&config.state)?;

@@ -258,6 +258,18 @@ pub fn mount_overlay(
     Ok(())
 }
 
+/// Keep glibc to two malloc arenas: by default every thread that allocates (tokio's
+/// workers and its blocking pool, which a pull fills) may get its own, each keeping
+/// freed memory; skiffd's allocations are small and short, so contention is no issue.
+/// Call before any thread starts.
+pub fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called while single-threaded.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Return memory the allocator holds in its free lists to the system (glibc's
 /// `malloc_trim`); a no-op on other C libraries.
 pub fn release_free_memory() {
