@@ -315,4 +315,65 @@ async fn invalid_port_mappings_are_refused_and_leave_nothing_behind() {
         .unwrap();
     assert_eq!(pod_ip(&mut c, &ok).await, "10.88.0.2");
     assert!(!ruleset(&env).contains("dnat to"));
+
+    // A host port another ready pod maps is refused, naming that pod; another protocol
+    // or another node address is fine; once the first pod stops, the port is free.
+    let first = run_pod(
+        &mut c,
+        &pod_config(
+            "web-1",
+            &logs,
+            vec![port(api::Protocol::Tcp, 80, 18080, "")],
+        ),
+    )
+    .await
+    .unwrap();
+    let e = run_pod(
+        &mut c,
+        &pod_config(
+            "web-2",
+            &logs,
+            vec![port(api::Protocol::Tcp, 8080, 18080, "127.0.0.1")],
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("18080/TCP") && e.message().contains(&first),
+        "{e:?}"
+    );
+    let udp = run_pod(
+        &mut c,
+        &pod_config(
+            "dns-1",
+            &logs,
+            vec![port(api::Protocol::Udp, 80, 18080, "")],
+        ),
+    )
+    .await
+    .expect("the same port over UDP");
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: first.clone(),
+        })
+        .await
+        .unwrap();
+    let again = run_pod(
+        &mut c,
+        &pod_config(
+            "web-3",
+            &logs,
+            vec![port(api::Protocol::Tcp, 80, 18080, "")],
+        ),
+    )
+    .await
+    .expect("the port is free once its pod stopped");
+    for id in [first, udp, again, ok] {
+        c.runtime
+            .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    assert!(!ruleset(&env).contains("dnat to"));
 }

@@ -92,6 +92,14 @@ fn host_ports(p: &PodRecord) -> Result<Vec<HostPort>, NftError> {
         .collect()
 }
 
+/// Two mappings of the node's port clash when protocol and port match and their node
+/// addresses overlap (no address = every address).
+fn clashes(a: &HostPort, b: &HostPort) -> bool {
+    a.protocol == b.protocol
+        && a.host_port == b.host_port
+        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
 /// Whether the pod asked for any host port (valid or not).
 fn wants_host_ports(p: &PodRecord) -> bool {
     super::pod_config(p)
@@ -232,6 +240,9 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         // Refused before anything is allocated.
         let ports = host_ports(rec)?;
+        if !ports.is_empty() {
+            self.check_port_clashes(rec, &ports)?;
+        }
         let nft = match (nft, ports.is_empty()) {
             (_, true) => None,
             (Some(nft), false) => Some(nft.clone()),
@@ -329,6 +340,32 @@ impl Runtime {
         }
         self.release_ips(&p.id);
         self.teardown_cni(&p.id).await
+    }
+
+    /// A host port another ready pod already maps is refused: its DNAT rule would
+    /// shadow (or be shadowed by) the other pod's without a word.
+    fn check_port_clashes(&self, rec: &PodRecord, ports: &[HostPort]) -> Result<(), RuntimeError> {
+        for other in self.pods()? {
+            if other.id == rec.id || other.state != PodState::Ready {
+                continue;
+            }
+            let Ok(theirs) = host_ports(&other) else {
+                continue;
+            };
+            if let Some((mine, _)) = ports
+                .iter()
+                .flat_map(|m| theirs.iter().map(move |t| (m, t)))
+                .find(|(m, t)| clashes(m, t))
+            {
+                return Err(RuntimeError::Precondition(format!(
+                    "host port {}/{} is already mapped by pod sandbox {}",
+                    mine.host_port,
+                    format!("{:?}", mine.protocol).to_uppercase(),
+                    other.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// At removal: the pod's host veth is gone. The kernel removes it with the pod's
