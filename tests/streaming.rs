@@ -717,3 +717,83 @@ async fn cli_exec_interactive() {
     );
     drop(env);
 }
+
+/// An AsyncWrite that takes its time with every write (a slow client).
+#[derive(Clone, Default)]
+struct SlowCollect(Collect);
+
+impl tokio::io::AsyncWrite for SlowCollect {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // Slow on purpose: three of four polls sleep briefly and come back pending.
+        thread_local! { static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) }; }
+        let n = N.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        if !n.is_multiple_of(4) {
+            std::thread::sleep(Duration::from_micros(500));
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let take = buf.len().min(4096);
+        self.0.0.lock().unwrap().extend_from_slice(&buf[..take]);
+        Poll::Ready(Ok(take))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_attach_client_gets_all_the_output() {
+    let Some((env, mut c)) = setup("a_slow_attach_client_gets_all_the_output").await else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    // 2 s to attach, then ~8 MB at once (more than the pipe and the SPDY queues hold), then exit.
+    let (_pod, id) = pod_with(&mut c, "slow", logs.path(), |ctr| {
+        ctr.command = vec!["sh".into(), "-c".into(), "sleep 2; seq 1 1200000".into()];
+    })
+    .await;
+    let url = c
+        .runtime
+        .attach(api::AttachRequest {
+            container_id: id.clone(),
+            stdin: false,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url;
+    let out = SlowCollect::default();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(120),
+        remote_command(
+            &url,
+            LocalIo {
+                stdout: Some(Box::new(out.clone())),
+                stderr: Some(Box::new(Collect::default())),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("the attach ends after the output")
+    .expect("attach session");
+    assert_eq!(exit, RemoteExit::Code(0));
+    let text = out.0.text();
+    let want: String = (1..=1200000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(text.len(), want.len(), "bytes received");
+    assert!(text == want, "the output arrived out of order or with gaps");
+    drop(env);
+}

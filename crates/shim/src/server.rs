@@ -36,6 +36,8 @@ const STREAM_PIPE_SIZE: usize = 1 << 20;
 const READ_CHUNK: usize = 128 << 10;
 /// The most one container's output pipe yields per loop turn.
 const MAX_READ_PER_TURN: usize = 1 << 20;
+/// How far an attach client may fall behind before its stream is ended.
+const MAX_ATTACH_BACKLOG: usize = 8 << 20;
 /// A turn that read less than this lets the read buffers shrink back.
 const QUIET_TURN: usize = 64 << 10;
 
@@ -122,6 +124,7 @@ enum Token {
     CtrOut(usize, Stream),
     ExecOut(u64, Stream),
     StreamConn(u64),
+    AttachOut(usize, usize, Stream),
 }
 
 struct Conn {
@@ -151,8 +154,57 @@ struct Container {
 
 /// One attach: where copies of the container's stdout and stderr go.
 struct Attacher {
-    out: Option<OwnedFd>,
-    err: Option<OwnedFd>,
+    out: Option<Sink>,
+    err: Option<Sink>,
+}
+
+/// The shim's (non-blocking) end of an attach pipe, with what did not fit yet.
+struct Sink {
+    fd: OwnedFd,
+    backlog: Vec<u8>,
+}
+
+impl Sink {
+    fn new(fd: OwnedFd) -> Sink {
+        Sink {
+            fd,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Queue `data` behind the backlog and write what fits; `false` when the sink must
+    /// go (skiffd closed it, or the client fell more than MAX_ATTACH_BACKLOG behind:
+    /// it then sees the stream end rather than a gap).
+    fn push(&mut self, data: &[u8]) -> bool {
+        if self.backlog.is_empty() {
+            match rustix::io::write(&self.fd, data) {
+                Ok(n) => self.backlog.extend_from_slice(&data[n..]),
+                Err(rustix::io::Errno::AGAIN) => self.backlog.extend_from_slice(data),
+                Err(_) => return false,
+            }
+        } else {
+            self.backlog.extend_from_slice(data);
+        }
+        self.backlog.len() <= MAX_ATTACH_BACKLOG
+    }
+
+    /// Write what the pipe takes of the backlog; `false` when skiffd closed it.
+    fn flush(&mut self) -> bool {
+        while !self.backlog.is_empty() {
+            match rustix::io::write(&self.fd, &self.backlog) {
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+        if self.backlog.is_empty() {
+            self.backlog = Vec::new();
+        }
+        true
+    }
 }
 
 /// A streaming exec whose stdio skiffd holds; `conn` gets the exit.
@@ -448,6 +500,11 @@ impl Shim {
                     Token::CtrOut(i, s) => self.read_container(i, s),
                     Token::ExecOut(id, s) => self.read_exec(id, s),
                     Token::StreamConn(n) => self.stream_conn(n),
+                    Token::AttachOut(i, k, s) => {
+                        if let Some(c) = self.containers.get_mut(i) {
+                            c.flush_attacher(k, s);
+                        }
+                    }
                 }
             }
             self.reap();
@@ -486,6 +543,18 @@ impl Shim {
         for (n, j) in &self.streams {
             tokens.push(Token::StreamConn(*n));
             fds.push(PollFd::new(&j.conn, input));
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            for (k, a) in c.attachers.iter().enumerate() {
+                for (sink, s) in [(&a.out, Stream::Stdout), (&a.err, Stream::Stderr)] {
+                    if let Some(sink) = sink
+                        && !sink.backlog.is_empty()
+                    {
+                        tokens.push(Token::AttachOut(i, k, s));
+                        fds.push(PollFd::new(&sink.fd, PollFlags::OUT));
+                    }
+                }
+            }
         }
         let ts = timeout.map(|d| rustix::time::Timespec {
             tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -1280,13 +1349,13 @@ impl Shim {
         };
         let (r, w) = stream_pipe().map_err(|e| io_fail("pipe", e))?;
         rustix::io::ioctl_fionbio(&w, true).map_err(|e| io_fail("pipe", e.into()))?;
-        attacher.out = Some(w);
+        attacher.out = Some(Sink::new(w));
         fds.push(r);
         roles.push(FdRole::Stdout);
         if !c.tty {
             let (r, w) = stream_pipe().map_err(|e| io_fail("pipe", e))?;
             rustix::io::ioctl_fionbio(&w, true).map_err(|e| io_fail("pipe", e.into()))?;
-            attacher.err = Some(w);
+            attacher.err = Some(Sink::new(w));
             fds.push(r);
             roles.push(FdRole::Stderr);
         }
@@ -1508,27 +1577,56 @@ impl Container {
         self.attachers.clear();
     }
 
-    /// Give each attach a copy of `data`. A full pipe loses the chunk (a slow attach
-    /// client never holds up the container or its log); a closed one is dropped.
+    /// Give each attach a copy of `data`, queued behind what its pipe has not taken
+    /// yet (flushed when the pipe is writable): a slow attach client never holds up the
+    /// container or its log, and loses nothing unless it falls MAX_ATTACH_BACKLOG behind
+    /// (then its stream ends). A closed one is dropped.
     fn copy_to_attachers(&mut self, s: Stream, data: &[u8]) {
         if !data.is_empty() {
             for a in &mut self.attachers {
-                let fd = match s {
+                let sink = match s {
                     Stream::Stdout => &mut a.out,
                     Stream::Stderr => &mut a.err,
                 };
-                if let Some(f) = fd.as_ref() {
-                    match rustix::io::write(f, data) {
-                        Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
-                        Err(_) => *fd = None,
+                if let Some(k) = sink.as_mut()
+                    && !k.push(data)
+                {
+                    *sink = None;
+                }
+            }
+        }
+        self.settle_attachers();
+    }
+
+    /// The attach pipe `k`/`s` is writable: move its backlog on.
+    fn flush_attacher(&mut self, k: usize, s: Stream) {
+        if let Some(a) = self.attachers.get_mut(k) {
+            let sink = match s {
+                Stream::Stdout => &mut a.out,
+                Stream::Stderr => &mut a.err,
+            };
+            if let Some(x) = sink.as_mut()
+                && !x.flush()
+            {
+                *sink = None;
+            }
+        }
+        self.settle_attachers();
+    }
+
+    /// Drop finished attach pipes: closed ones, and once the container's output has
+    /// ended, those with nothing left to deliver (their client then sees the end).
+    fn settle_attachers(&mut self) {
+        if self.stdout.is_none() && self.stderr.is_none() {
+            for a in &mut self.attachers {
+                for sink in [&mut a.out, &mut a.err] {
+                    if sink.as_ref().is_some_and(|x| x.backlog.is_empty()) {
+                        *sink = None;
                     }
                 }
             }
-            self.attachers
-                .retain(|a| a.out.is_some() || a.err.is_some());
         }
-        if self.stdout.is_none() && self.stderr.is_none() {
-            self.attachers.clear();
-        }
+        self.attachers
+            .retain(|a| a.out.is_some() || a.err.is_some());
     }
 }
