@@ -171,6 +171,21 @@ async fn exec_url(c: &mut CriClient, id: &str, cmd: &[&str], stdin: bool, tty: b
         .url
 }
 
+async fn attach_url(c: &mut CriClient, id: &str, stdin: bool) -> String {
+    c.runtime
+        .attach(api::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url
+}
+
 async fn exec_sync(c: &mut CriClient, id: &str, cmd: &[&str]) -> String {
     let r = c
         .runtime
@@ -495,19 +510,7 @@ async fn attach_with_stdin_once_and_logs_kept() {
         ctr.stdin_once = true;
     })
     .await;
-    let url = c
-        .runtime
-        .attach(api::AttachRequest {
-            container_id: id.clone(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .expect("Attach")
-        .into_inner()
-        .url;
+    let url = attach_url(&mut c, &id, true).await;
     assert!(url.contains("/attach/"), "{url}");
     let out = Collect::default();
     let exit = tokio::time::timeout(
@@ -559,19 +562,7 @@ async fn attach_with_stdin_once_and_logs_kept() {
         ctr.stdin = true;
     })
     .await;
-    let url = c
-        .runtime
-        .attach(api::AttachRequest {
-            container_id: cat.clone(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .expect("Attach")
-        .into_inner()
-        .url;
+    let url = attach_url(&mut c, &cat, true).await;
     let out = Collect::default();
     let exit = tokio::time::timeout(
         Duration::from_secs(20),
@@ -762,19 +753,7 @@ async fn a_slow_attach_client_gets_all_the_output() {
         ctr.command = vec!["sh".into(), "-c".into(), "sleep 2; seq 1 1200000".into()];
     })
     .await;
-    let url = c
-        .runtime
-        .attach(api::AttachRequest {
-            container_id: id.clone(),
-            stdin: false,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .expect("Attach")
-        .into_inner()
-        .url;
+    let url = attach_url(&mut c, &id, false).await;
     let out = SlowCollect::default();
     let exit = tokio::time::timeout(
         Duration::from_secs(120),
