@@ -24,6 +24,8 @@ const WRITE_QUEUE: usize = 64;
 const ACCEPT_QUEUE: usize = 16;
 /// How long a closing connection keeps trying to write what is queued.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control frames (PING answers, RST_STREAMs) that may wait for a peer that does not read.
+const MAX_PENDING_CONTROL: usize = 1024;
 
 enum WriterMsg {
     Frame(Frame),
@@ -63,6 +65,8 @@ struct Inner {
     server: bool,
     data_tx: mpsc::Sender<WriterMsg>,
     ctrl_tx: mpsc::UnboundedSender<Frame>,
+    /// Control frames queued and not yet taken by the writer.
+    ctrl_pending: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     ended: watch::Sender<bool>,
 }
@@ -95,8 +99,23 @@ impl Inner {
     }
 
     fn control(&self, frame: Frame) {
+        use std::sync::atomic::Ordering;
+        // A peer that keeps asking for answers (PINGs, frames for unknown streams) but
+        // never reads them would grow this queue without bound: past the limit the
+        // connection ends.
+        if self.ctrl_pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_CONTROL {
+            tracing::debug!("SPDY peer does not read the control frames it causes; ending");
+            self.end();
+            return;
+        }
         // Fails only once the writer is gone, when nothing can be sent anyway.
         let _ = self.ctrl_tx.send(frame);
+    }
+
+    /// The writer took a control frame off the queue.
+    fn control_taken(&self) {
+        self.ctrl_pending
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn send(&self, frame: Frame) -> io::Result<()> {
@@ -178,6 +197,7 @@ impl Connection {
             server,
             data_tx,
             ctrl_tx,
+            ctrl_pending: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 streams: HashMap::new(),
                 next_id: if server { 2 } else { 1 },
@@ -758,7 +778,10 @@ async fn writer_task<W: AsyncWrite + Unpin>(
         loop {
             let msg = tokio::select! {
                 biased;
-                Some(frame) = ctrl_rx.recv() => WriterMsg::Frame(frame),
+                Some(frame) = ctrl_rx.recv() => {
+                    inner.control_taken();
+                    WriterMsg::Frame(frame)
+                }
                 msg = data_rx.recv() => match msg {
                     Some(msg) => msg,
                     None => return Ok(()),

@@ -557,3 +557,19 @@ async fn dial_reports_refusals_with_status_and_body() {
     drop(closed);
     assert!(dial(&format!("http://{addr}/"), &[]).await.is_err());
 }
+
+#[tokio::test]
+async fn a_peer_that_floods_pings_and_never_reads_is_disconnected() {
+    let (mut raw, server, _accept) = raw_server();
+    // Every PING asks for an answer; the peer never reads one. The server's writer
+    // blocks on the full pipe, answers pile up, and past the limit the connection ends.
+    let flood = async {
+        for id in 0..200_000u32 {
+            raw.send(Frame::Ping { id: id * 2 + 1 }).await;
+        }
+    };
+    tokio::select! {
+        () = flood => panic!("200,000 unanswered PINGs were all accepted"),
+        () = server.closed() => {}
+    }
+}
