@@ -23,16 +23,7 @@ async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
         .build();
     env.push("test/busybox", "pods", &image);
     let mut c = env.skiffd.client().await;
-    c.images
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull test image");
+    common::pull(&mut c, IMAGE).await;
     Some((env, c))
 }
 
@@ -1097,16 +1088,7 @@ async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
     let e = create(&mut c, &pod, &pod_cfg, both).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 
-    c.images
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: data_ref.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull the volume image");
+    common::pull(&mut c, &data_ref).await;
     let ctr = create(&mut c, &pod, &pod_cfg, cfg)
         .await
         .expect("create with an image volume");

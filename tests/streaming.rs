@@ -79,16 +79,7 @@ async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
     env.push("test/busybox", "stream", &image);
     enter(&env);
     let mut c = env.skiffd.client().await;
-    c.images
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull test image");
+    common::pull(&mut c, IMAGE).await;
     Some((env, c))
 }
 

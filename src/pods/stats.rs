@@ -170,43 +170,30 @@ impl StreamingPort for Service {
         if req.cmd.is_empty() {
             return Err(RuntimeError::Invalid("exec: no command given".into()).into());
         }
-        let container = self.0.check_stdio_request(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
+        let io = StdioOpts {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let container = self.0.check_stdio_request(&req.container_id, io)?;
         let url = self.0.streaming_url(Pending::Exec {
             container,
             cmd: req.cmd,
-            io: StdioOpts {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            },
+            io,
         })?;
         Ok(api::ExecResponse { url })
     }
 
     async fn attach(&self, req: api::AttachRequest) -> PortResult<api::AttachResponse> {
-        let container = self.0.check_stdio_request(
-            &req.container_id,
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.tty,
-        )?;
-        let url = self.0.streaming_url(Pending::Attach {
-            container,
-            io: StdioOpts {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            },
-        })?;
+        let io = StdioOpts {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let container = self.0.check_stdio_request(&req.container_id, io)?;
+        let url = self.0.streaming_url(Pending::Attach { container, io })?;
         Ok(api::AttachResponse { url })
     }
 

@@ -101,17 +101,14 @@ impl Runtime {
     pub fn check_stdio_request(
         &self,
         id: &str,
-        stdin: bool,
-        stdout: bool,
-        stderr: bool,
-        tty: bool,
+        io: crate::stream::StdioOpts,
     ) -> Result<String, RuntimeError> {
-        if !(stdin || stdout || stderr) {
+        if !(io.stdin || io.stdout || io.stderr) {
             return Err(RuntimeError::Invalid(
                 "one of stdin, stdout, or stderr must be set".into(),
             ));
         }
-        if tty && stderr {
+        if io.tty && io.stderr {
             return Err(RuntimeError::Invalid(
                 "tty and stderr cannot both be true".into(),
             ));
@@ -141,9 +138,6 @@ impl Runtime {
         tty: bool,
         stdin: bool,
     ) -> Result<Stdio, RuntimeError> {
-        if cmd.is_empty() {
-            return Err(RuntimeError::Invalid("exec: no command given".into()));
-        }
         let (id, pod, socket) = self.running_container(id)?;
         let req = Request::ExecStream {
             id,

@@ -44,13 +44,7 @@ fn headers(pairs: &[(&str, &str)]) -> skiff_spdy::Headers {
 /// Run an exec or attach session at `url` (from the CRI Exec or Attach response).
 pub async fn remote_command(url: &str, mut local: LocalIo) -> io::Result<RemoteExit> {
     let (conn, protocol) = skiff_spdy::dial(url, REMOTE_PROTOCOLS).await?;
-    let version = match protocol.as_deref() {
-        Some("v5.channel.k8s.io") => 5,
-        Some("v4.channel.k8s.io") => 4,
-        Some("v3.channel.k8s.io") => 3,
-        Some("v2.channel.k8s.io") => 2,
-        _ => 1,
-    };
+    let version = super::remote::version(protocol.as_deref());
     let open = |kind: &'static str| {
         let conn = conn.clone();
         async move { conn.open(headers(&[("streamtype", kind)])).await }

@@ -42,7 +42,7 @@ pub enum What {
 }
 
 /// The negotiated protocol version: 1 for `channel.k8s.io` (or none), up to 5.
-fn version(protocol: Option<&str>) -> u8 {
+pub(super) fn version(protocol: Option<&str>) -> u8 {
     match protocol {
         Some("v5.channel.k8s.io") => 5,
         Some("v4.channel.k8s.io") => 4,

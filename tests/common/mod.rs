@@ -102,3 +102,17 @@ pub fn start_with_registry(
         hosts,
     })
 }
+
+/// Pull `image` through skiffd's CRI ImageService; panics naming it on failure.
+pub async fn pull(c: &mut skiff_cri::client::CriClient, image: &str) {
+    c.images
+        .pull_image(skiff_cri::api::PullImageRequest {
+            image: Some(skiff_cri::api::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+}

@@ -30,16 +30,7 @@ pub async fn setup(test: &str, extra_config: &str) -> Option<(RegistryEnv, CriCl
         .build();
     env.push("test/busybox", "net", &image);
     let mut c = env.skiffd.client().await;
-    c.images
-        .pull_image(api::PullImageRequest {
-            image: Some(api::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull test image");
+    super::pull(&mut c, IMAGE).await;
     Some((env, c))
 }
 
