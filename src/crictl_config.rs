@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(c.log_path, "busybox.log");
         let sc = c.linux.unwrap().security_context.unwrap();
         assert_eq!(sc.run_as_user.unwrap().value, 1000);
-        assert_eq!(c.envs[0].value, "1");
+        assert_eq!(c.envs[0].value, b"1");
     }
 
     #[test]

@@ -218,6 +218,9 @@ impl InfoPort for Info {
             features: Some(api::RuntimeFeatures {
                 // The spec generator honours SupplementalGroupsPolicy Strict.
                 supplemental_groups_policy: true,
+                // No handler here runs user-namespaced pods at all yet (runc 1.1.5 has no
+                // idmapped mounts), let alone with the host's network.
+                user_namespaces_host_network: false,
             }),
         })
     }

@@ -304,18 +304,106 @@ pub fn mount_shm(target: &Path) -> Result<(), SysError> {
     .map_err(|e| io_err("mount shm at", target)(e.into()))
 }
 
+/// Run `f` on a fresh thread that joined the network namespace pinned at `netns` (`None`:
+/// here, on this thread). The thread and its membership end with `f`; the threaded
+/// daemon never changes a namespace of a thread it keeps.
+pub fn in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    let Some(netns) = netns else {
+        return f();
+    };
+    let file = fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// The real path of `rel` inside `root`, every component (symlinks included) resolved as
+/// if `root` were `/` (`openat2` with `RESOLVE_IN_ROOT`): a `..` or an absolute symlink
+/// cannot lead out of `root`. `Ok(None)` when it does not exist.
+pub fn resolve_in_root(root: &Path, rel: &str) -> Result<Option<PathBuf>, SysError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open", root)(e.into()))?;
+    let rel = rel.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let fd = match rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(io_err("resolve in", &root.join(rel))(e.into())),
+    };
+    let link = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    let real = fs::read_link(&link).map_err(io_err("read link", &link))?;
+    let root_real = fs::canonicalize(root).map_err(io_err("resolve", root))?;
+    if !real.starts_with(&root_real) {
+        // Only possible if something was mounted over a component meanwhile.
+        return Err(io_err("resolve in", &root.join(rel))(io::Error::other(
+            format!("resolved to {} outside the root", real.display()),
+        )));
+    }
+    Ok(Some(real))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn resolve_in_root_keeps_symlinks_and_dotdot_inside() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("etc/ssl")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", r.join("etc/up")).unwrap();
+        let real = fs::canonicalize(r).unwrap();
+        assert_eq!(
+            resolve_in_root(r, "etc/ssl").unwrap(),
+            Some(real.join("etc/ssl"))
+        );
+        // An absolute symlink means the root's /etc, never the host's.
+        assert_eq!(
+            resolve_in_root(r, "abs/ssl").unwrap(),
+            Some(real.join("etc/ssl"))
+        );
+        // `..` stops at the root.
+        assert_eq!(
+            resolve_in_root(r, "etc/up/etc").unwrap(),
+            Some(real.join("etc"))
+        );
+        assert_eq!(resolve_in_root(r, "missing").unwrap(), None);
+        assert_eq!(resolve_in_root(r, "").unwrap(), Some(real));
+    }
+
     fn root() -> bool {
-        rustix::process::geteuid().is_root()
+        skiff_testkit::require_root("sys::tests")
     }
 
     #[test]
     fn namespaces_are_pinned_configured_and_released() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -335,6 +423,16 @@ mod tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
+        // A thread that joins the namespace sees its interfaces (only lo), not ours.
+        let dev = in_netns(ns.net.as_deref(), || {
+            fs::read_to_string("/proc/thread-self/net/dev")
+        })
+        .unwrap();
+        let ifaces: Vec<&str> = dev
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+            .collect();
+        assert_eq!(ifaces, ["lo"], "{dev}");
         release_namespaces(&ns);
         assert!(text.starts_with("pod-host\n80\n"), "{text}");
         assert!(!dir.path().join("net").exists());
@@ -343,7 +441,6 @@ mod tests {
     #[test]
     fn a_bad_sysctl_leaves_nothing_pinned() {
         if !root() {
-            eprintln!("skipped: needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

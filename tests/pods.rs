@@ -493,7 +493,7 @@ async fn exits_are_reported_with_code_and_reason() {
     huge.envs = (0..2000)
         .map(|i| api::KeyValue {
             key: format!("K{i}"),
-            value: "v".repeat(100),
+            value: "v".repeat(100).into(),
         })
         .collect();
     let id = create(&mut c, &pod, &pod_cfg, huge).await.unwrap();
@@ -1068,6 +1068,7 @@ async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
     let pod = run_pod(&mut c, &pod_cfg).await;
     let volume = |image: &str| api::Mount {
         container_path: "/data".into(),
+        readonly: true,
         image: Some(api::ImageSpec {
             image: image.into(),
             ..Default::default()
@@ -1087,8 +1088,45 @@ async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
     both.mounts[0].host_path = "/tmp".into();
     let e = create(&mut c, &pod, &pod_cfg, both).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // An image volume is read-only (KEP 4639): a writable one is refused.
+    let mut writable = cfg.clone();
+    writable.mounts[0].readonly = false;
+    let e = create(&mut c, &pod, &pod_cfg, writable).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("readonly"), "{e:?}");
 
     common::pull(&mut c, &data_ref).await;
+    // Sub paths: escaping ones are refused by name, a missing one at create, and
+    // symlinks inside the image resolve inside it (busybox's /etc/mtab -> /proc/…).
+    for bad in ["../etc", "/etc", "etc/../../x"] {
+        let mut sub = cfg.clone();
+        sub.mounts[0].image_sub_path = bad.into();
+        let e = create(&mut c, &pod, &pod_cfg, sub).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().contains("image_sub_path"), "{e:?}");
+    }
+    let mut missing = cfg.clone();
+    missing.mounts[0].image_sub_path = "not-there".into();
+    let e = create(&mut c, &pod, &pod_cfg, missing).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not-there"), "{e:?}");
+    let mut sub = ctr_config("volsub", &["sleep", "3600"]);
+    sub.mounts = vec![volume(&data_ref)];
+    sub.mounts[0].image_sub_path = "etc".into();
+    let sub_ctr = create(&mut c, &pod, &pod_cfg, sub)
+        .await
+        .expect("create with an image volume sub path");
+    start(&mut c, &sub_ctr).await;
+    let r = exec(&mut c, &sub_ctr, &["cat", "/data/passwd"], 10)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "the sub path is the volume's root: {r:?}");
+    c.runtime
+        .remove_container(api::RemoveContainerRequest {
+            container_id: sub_ctr,
+        })
+        .await
+        .unwrap();
     let ctr = create(&mut c, &pod, &pod_cfg, cfg)
         .await
         .expect("create with an image volume");
@@ -1111,6 +1149,26 @@ async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
     assert_eq!(
         s.mounts[0].image.as_ref().map(|i| i.image.as_str()),
         Some(data_ref.as_str())
+    );
+    // … with the digest of the image it mounted (ImageSpec.image_ref, KEP 5365).
+    let image_id = c
+        .images
+        .image_status(api::ImageStatusRequest {
+            image: Some(api::ImageSpec {
+                image: data_ref.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+        .id;
+    assert_eq!(
+        s.mounts[0].image.as_ref().map(|i| i.image_ref.as_str()),
+        Some(image_id.as_str())
     );
     // The volume's image is in use.
     let e = c
@@ -1145,4 +1203,203 @@ async fn image_volumes_are_mounted_read_only_and_pin_their_image() {
         })
         .await
         .expect("the image is free again");
+}
+
+/// What CRI 1.33-1.36 added: stop_signal, UpdatePodSandboxResources, the Stream* list
+/// RPCs; and hostnames at and past the kernel's limit.
+#[tokio::test]
+async fn cri_1_36_additions() {
+    let Some((env, mut c)) = setup("cri_1_36_additions").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    // A pod name longer than a hostname may be, and no hostname: the node's is used.
+    let mut pod_cfg = pod_config(&"n".repeat(200), &logs);
+    pod_cfg.hostname.clear();
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    // A hostname past the kernel's 64 bytes is refused naming the field; 64 is fine.
+    let mut long = pod_config("longhost", &logs);
+    long.hostname = "h".repeat(65);
+    let e = c
+        .runtime
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(long.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("config.hostname"), "{e:?}");
+    long.hostname = "h".repeat(64);
+    let long_pod = run_pod(&mut c, &long).await;
+
+    // stop_signal: the container traps SIGUSR1 and exits 7 on it.
+    let trap = "trap 'exit 7' USR1; echo ready; while true; do sleep 0.1; done";
+    let mut cfg = ctr_config("usr1", &["sh", "-c", trap]);
+    cfg.stop_signal = api::Signal::Sigusr1 as i32;
+    let ctr = create(&mut c, &pod, &pod_cfg, cfg).await.unwrap();
+    start(&mut c, &ctr).await;
+    let host = exec(&mut c, &ctr, &["hostname"], 10).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout).trim(),
+        rustix::system::uname().nodename().to_string_lossy(),
+        "a pod without a hostname gets the node's"
+    );
+    wait_for_log(&logs.join("usr1.log"), "ready");
+    assert_eq!(
+        status(&mut c, &ctr).await.stop_signal,
+        api::Signal::Sigusr1 as i32
+    );
+    c.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: ctr.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let s = status(&mut c, &ctr).await;
+    assert_eq!(s.exit_code, 7, "stopped with SIGUSR1: {s:?}");
+    // Without one, the status names the signal that will be used (the image's, else TERM).
+    let plain = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("plain", &["sleep", "60"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&mut c, &plain).await.stop_signal,
+        api::Signal::Sigterm as i32
+    );
+    let mut bad = ctr_config("badsig", &["true"]);
+    bad.stop_signal = 99;
+    let e = create(&mut c, &pod, &pod_cfg, bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("stop_signal"), "{e:?}");
+
+    // UpdatePodSandboxResources: recorded in the pod's config; unknown pods NotFound.
+    let resources = api::LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    c.runtime
+        .update_pod_sandbox_resources(api::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.clone(),
+            overhead: None,
+            resources: Some(resources.clone()),
+        })
+        .await
+        .unwrap();
+    let info = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    assert_eq!(
+        info["config"]["linux"]["resources"]["memory_limit_in_bytes"],
+        256 << 20,
+        "{info}"
+    );
+    let e = c
+        .runtime
+        .update_pod_sandbox_resources(api::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "f".repeat(64),
+            overhead: None,
+            resources: Some(resources),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // Stream*: the same items as the List RPCs, each response at least one item.
+    let pods = drain(
+        c.runtime
+            .stream_pod_sandboxes(api::StreamPodSandboxesRequest { filter: None })
+            .await,
+        |m| m.pod_sandboxes,
+    )
+    .await;
+    assert_eq!(
+        sorted(pods.into_iter().map(|p| p.id)),
+        sorted([pod.clone(), long_pod.clone()])
+    );
+    let ctrs = drain(
+        c.runtime
+            .stream_containers(api::StreamContainersRequest { filter: None })
+            .await,
+        |m| m.containers,
+    )
+    .await;
+    assert_eq!(
+        sorted(ctrs.into_iter().map(|c| c.id)),
+        sorted([ctr.clone(), plain.clone()])
+    );
+    let images = drain(
+        c.images
+            .stream_images(api::StreamImagesRequest { filter: None })
+            .await,
+        |m| m.images,
+    )
+    .await;
+    assert_eq!(images.len(), 1);
+    let stats = drain(
+        c.runtime
+            .stream_container_stats(api::StreamContainerStatsRequest { filter: None })
+            .await,
+        |m| m.container_stats,
+    )
+    .await;
+    assert_eq!(stats.len(), 2);
+    let metrics = drain(
+        c.runtime
+            .stream_pod_sandbox_metrics(api::StreamPodSandboxMetricsRequest {})
+            .await,
+        |m| m.pod_sandbox_metrics,
+    )
+    .await;
+    assert_eq!(metrics.len(), 2, "one entry per ready pod");
+    let mine = metrics.iter().find(|m| m.pod_sandbox_id == pod).unwrap();
+    assert!(
+        mine.metrics
+            .iter()
+            .any(|m| m.name == "container_network_receive_bytes_total"
+                && m.label_values.last().map(String::as_str) == Some("eth0")),
+        "{:?}",
+        mine.metrics
+    );
+    for id in [pod, long_pod] {
+        c.runtime
+            .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+}
+
+/// Every item of a Stream* response stream; each response must carry at least one.
+async fn drain<M, T>(
+    r: Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>,
+    items: impl Fn(M) -> Vec<T>,
+) -> Vec<T> {
+    let mut s = r.expect("Stream* call").into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.expect("stream message") {
+        let got = items(m);
+        assert!(!got.is_empty(), "a response carries at least one item");
+        out.extend(got);
+    }
+    out
+}
+
+fn sorted(v: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = v.into_iter().collect();
+    v.sort();
+    v
 }

@@ -41,7 +41,10 @@ struct CniEnv {
 
 async fn setup(test: &str) -> Option<CniEnv> {
     if !Path::new(PLUGINS).join("bridge").exists() {
-        eprintln!("skipping {test}: Debian's containernetworking-plugins is not installed");
+        skiff_testkit::skip(
+            test,
+            "Debian's containernetworking-plugins is not installed",
+        );
         return None;
     }
     let conf = tempfile::tempdir().unwrap();

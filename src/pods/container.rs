@@ -18,35 +18,9 @@ use tonic::async_trait;
 use super::records::{ContainerRecord, CtrState, PidMode, PodState, User, encode};
 use super::{
     CONTAINER_NAMES, Runtime, RuntimeError, Service, container_config, io_err, labels_match,
-    pod_config, shim,
+    pod_config, shim, signals,
 };
 use crate::spec;
-
-/// Signal numbers by name, for an image's StopSignal.
-fn signal_number(name: &str) -> Option<i32> {
-    let n = name.trim().to_ascii_uppercase();
-    if let Ok(num) = n.parse::<i32>() {
-        return (1..=64).contains(&num).then_some(num);
-    }
-    let n = n.strip_prefix("SIG").unwrap_or(&n);
-    Some(match n {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        "WINCH" => libc::SIGWINCH,
-        "PWR" => libc::SIGPWR,
-        _ => {
-            let rt = n.strip_prefix("RTMIN+")?.parse::<i32>().ok()?;
-            libc::SIGRTMIN() + rt
-        }
-    })
-}
 
 fn read_exit(bundle: &std::path::Path) -> Option<Exit> {
     let bytes = fs::read(bundle.join("exit.json")).ok()?;
@@ -216,6 +190,7 @@ impl Runtime {
                     supplemental_groups: c.user.groups.clone(),
                 }),
             }),
+            stop_signal: signals::to_cri(c.stop_signal) as i32,
         }
     }
 
@@ -249,7 +224,8 @@ impl Runtime {
                 p.id
             )));
         }
-        let cfg = req.config.unwrap_or_default();
+        let mut cfg = req.config.unwrap_or_default();
+        self.resolve_image_volumes(&mut cfg)?;
         let pod_cfg = pod_config(&p);
         let image_name = cfg
             .image
@@ -274,11 +250,17 @@ impl Runtime {
         let _guard = self.lock(&id).await;
         let bundle = self.config.state.join("containers").join(&id);
         let layer_dir = self.config.root.join("containers").join(&id);
-        let stop_signal = image_config
-            .config()
-            .as_ref()
-            .and_then(|c| c.stop_signal().clone())
-            .and_then(|s| signal_number(&s))
+        // The CRI's stop signal first (1.33+), then the image's, then SIGTERM.
+        let stop_signal = api::Signal::try_from(cfg.stop_signal)
+            .ok()
+            .and_then(signals::from_cri)
+            .or_else(|| {
+                image_config
+                    .config()
+                    .as_ref()
+                    .and_then(|c| c.stop_signal().clone())
+                    .and_then(|s| signals::from_name(&s))
+            })
             .unwrap_or(libc::SIGTERM);
         let mut rec = ContainerRecord {
             id: id.clone(),
@@ -331,8 +313,28 @@ impl Runtime {
         }
     }
 
-    /// Mount every image volume (a CRI mount naming an image) read-only under the
-    /// bundle; the config the spec is built from gets those directories as host paths.
+    /// Resolve the image of every image volume (a CRI mount naming an image) and record
+    /// it in the mount's `image.image_ref` (reported in ContainerStatus, KEP 5365). The
+    /// request's checks already refused writable ones and escaping sub paths.
+    fn resolve_image_volumes(&self, cfg: &mut api::ContainerConfig) -> Result<(), RuntimeError> {
+        for m in &mut cfg.mounts {
+            let Some(spec) = m.image.as_mut().filter(|i| !i.image.is_empty()) else {
+                continue;
+            };
+            let image =
+                self.images
+                    .resolve(&spec.image)?
+                    .ok_or_else(|| RuntimeError::NotFound {
+                        what: "image (for an image volume)",
+                        id: spec.image.clone(),
+                    })?;
+            spec.image_ref = image.id.to_string();
+        }
+        Ok(())
+    }
+
+    /// Mount every image volume read-only under the bundle; the config the spec is built
+    /// from gets those directories (or the sub path inside one) as host paths.
     async fn mount_image_volumes(
         &self,
         rec: &mut ContainerRecord,
@@ -340,26 +342,20 @@ impl Runtime {
     ) -> Result<api::ContainerConfig, RuntimeError> {
         let mut cfg = cfg.clone();
         for (n, m) in cfg.mounts.iter_mut().enumerate() {
-            let Some(reference) = m
+            let Some(image_ref) = m
                 .image
                 .as_ref()
-                .map(|i| i.image.clone())
+                .map(|i| i.image_ref.clone())
                 .filter(|i| !i.is_empty())
             else {
                 continue;
             };
-            if !m.host_path.is_empty() {
-                return Err(RuntimeError::Invalid(format!(
-                    "mount at {}: host_path and image are mutually exclusive",
-                    m.container_path
-                )));
-            }
             let image = self
                 .images
-                .resolve(&reference)?
+                .resolve(&image_ref)?
                 .ok_or_else(|| RuntimeError::NotFound {
                     what: "image (for an image volume)",
-                    id: reference.clone(),
+                    id: image_ref.clone(),
                 })?;
             let dir = rec.bundle.join("volumes");
             let target = dir.join(n.to_string());
@@ -375,13 +371,33 @@ impl Runtime {
                 .lower;
             lower.push(empty);
             let at = target.clone();
-            tokio::task::spawn_blocking(move || crate::sys::mount_overlay(&at, &lower, None))
-                .await
-                .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
+            let sub = m.image_sub_path.clone();
+            let source = tokio::task::spawn_blocking(move || {
+                crate::sys::mount_overlay(&at, &lower, None)?;
+                if sub.is_empty() {
+                    return Ok(at);
+                }
+                // Symlinks in the sub path resolve inside the image, never on the host.
+                crate::sys::resolve_in_root(&at, &sub)?.ok_or_else(|| {
+                    RuntimeError::Invalid(format!(
+                        "image_sub_path {sub:?} does not exist in the image"
+                    ))
+                })
+            });
             rec.volume_images.push(image.id.to_string());
-            m.host_path = target.display().to_string();
-            m.readonly = true;
+            let source = source
+                .await
+                .map_err(super::task_err("mount"))?
+                .map_err(|e| match e {
+                    RuntimeError::Invalid(msg) => RuntimeError::Invalid(format!(
+                        "image volume at {}: {msg}",
+                        m.container_path
+                    )),
+                    other => other,
+                })?;
+            m.host_path = source.display().to_string();
             m.image = None;
+            m.image_sub_path.clear();
         }
         Ok(cfg)
     }
@@ -414,7 +430,7 @@ impl Runtime {
                 crate::sys::mount_overlay(&rootfs, &lower, Some((&upper, &work)))
             })
             .await
-            .map_err(|e| RuntimeError::Invalid(format!("mount task: {e}")))??;
+            .map_err(super::task_err("mount"))??;
         }
         let cfg = &self.mount_image_volumes(rec, cfg).await?;
         steps.mark("rootfs");
@@ -641,6 +657,7 @@ impl Runtime {
         let _ = fs::remove_dir_all(&c.bundle);
         let _ = fs::remove_dir_all(&c.layer_dir);
         self.cpu.forget(&c.id);
+        self.disk.forget(&c.id);
         self.meta.delete(Table::CONTAINERS, &c.id)?;
         self.release(CONTAINER_NAMES, &c.name_key);
         self.events
@@ -821,20 +838,5 @@ impl ContainerPort for Service {
 
     async fn exec_sync(&self, req: api::ExecSyncRequest) -> PortResult<api::ExecSyncResponse> {
         Ok(self.0.exec_sync(req).await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_signals_by_name_and_number() {
-        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
-        assert_eq!(signal_number("quit"), Some(libc::SIGQUIT));
-        assert_eq!(signal_number("9"), Some(9));
-        assert_eq!(signal_number("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
-        assert_eq!(signal_number("SIGNOPE"), None);
-        assert_eq!(signal_number("0"), None);
     }
 }

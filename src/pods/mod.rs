@@ -8,10 +8,12 @@
 
 mod container;
 mod events;
+mod metrics;
 mod network;
 mod pod;
 pub mod records;
 pub mod shim;
+mod signals;
 mod stats;
 pub mod streams;
 
@@ -114,6 +116,15 @@ pub enum RuntimeError {
     /// The image store.
     #[error(transparent)]
     Image(#[from] skiff_image::ImageError),
+    /// A blocking task of skiffd's own panicked or was cancelled (a bug, not bad input).
+    #[error("{what} task failed: {source}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A file operation.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -136,7 +147,9 @@ impl Classify for RuntimeError {
             RuntimeError::NameTaken { .. } => ErrorKind::AlreadyExists,
             RuntimeError::Precondition(_) => ErrorKind::FailedPrecondition,
             RuntimeError::Exhausted(_) => ErrorKind::ResourceExhausted,
-            RuntimeError::ShimStart { .. } | RuntimeError::Io { .. } => ErrorKind::Internal,
+            RuntimeError::ShimStart { .. }
+            | RuntimeError::Io { .. }
+            | RuntimeError::Task { .. } => ErrorKind::Internal,
             RuntimeError::Shim { .. } => ErrorKind::Unavailable,
             RuntimeError::ShimFailed(f) => match f.kind {
                 F::NotFound => ErrorKind::NotFound,
@@ -156,6 +169,11 @@ impl Classify for RuntimeError {
             RuntimeError::Image(e) => crate::error::image_kind(e.kind()),
         }
     }
+}
+
+/// Map a failed `spawn_blocking` join to [`RuntimeError::Task`].
+pub(crate) fn task_err(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RuntimeError {
+    move |source| RuntimeError::Task { what, source }
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -186,6 +204,7 @@ pub struct Runtime {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: Events,
     cpu: crate::cgroups::CpuRate,
+    disk: metrics::DiskUsageCache,
     net: std::sync::OnceLock<Arc<network::PodNetwork>>,
     streaming: std::sync::OnceLock<Arc<crate::stream::Server>>,
 }
@@ -214,6 +233,7 @@ impl Runtime {
             locks: Mutex::new(HashMap::new()),
             events: Events::new(),
             cpu: crate::cgroups::CpuRate::default(),
+            disk: metrics::DiskUsageCache::default(),
             net: std::sync::OnceLock::new(),
             streaming: std::sync::OnceLock::new(),
         })

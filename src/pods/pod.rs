@@ -95,13 +95,11 @@ fn write_pod_files(
     c: &api::PodSandboxConfig,
     host_net: bool,
 ) -> Result<(), RuntimeError> {
-    let hostname = if host_net {
+    // As containerd and CRI-O: a pod that names no hostname (or shares the host's
+    // network) gets the node's. The pod name is no hostname: it may be longer than
+    // the kernel allows (64 bytes) and contain characters a hostname may not.
+    let hostname = if host_net || c.hostname.is_empty() {
         host_hostname()
-    } else if c.hostname.is_empty() {
-        c.metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default()
     } else {
         c.hostname.clone()
     };
@@ -284,7 +282,7 @@ impl Runtime {
             move || sys::create_pod_namespaces(&ns_dir, &spec)
         })
         .await
-        .map_err(|e| RuntimeError::Invalid(format!("namespace task: {e}")))??;
+        .map_err(super::task_err("namespace"))??;
         rec.ns = made;
         steps.mark("namespaces");
         self.setup_network(rec).await?;
@@ -466,6 +464,7 @@ impl Runtime {
             "cgroupParent": p.cgroup_parent,
             "runtimeHandler": p.handler,
             "stateDir": p.dir,
+            "config": pod_config(p),
         });
         if let Some(cni) = cni {
             info["cni"] = cni;
@@ -572,6 +571,37 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+impl Runtime {
+    /// `UpdatePodSandboxResources`: the kubelet has already resized the pod's cgroup
+    /// (the call comes after, and is best effort for it); skiff records the pod-level
+    /// resources and overhead in the pod's config, where PodSandboxStatus and a
+    /// restart see them, as containerd does.
+    async fn update_pod_resources(
+        &self,
+        req: api::UpdatePodSandboxResourcesRequest,
+    ) -> Result<(), RuntimeError> {
+        let p = self.must_pod(&req.pod_sandbox_id)?;
+        let _guard = self.lock(&p.id).await;
+        let mut p = self.must_pod(&p.id)?;
+        if p.state != PodState::Ready {
+            return Err(RuntimeError::Precondition(format!(
+                "pod sandbox {} is not ready; its resources cannot be updated",
+                p.id
+            )));
+        }
+        let mut cfg = pod_config(&p);
+        let linux = cfg.linux.get_or_insert_with(Default::default);
+        if req.resources.is_some() {
+            linux.resources = req.resources;
+        }
+        if req.overhead.is_some() {
+            linux.overhead = req.overhead;
+        }
+        p.config = super::records::encode(&cfg);
+        self.save_pod(&p)
+    }
+}
+
 #[async_trait]
 impl PodPort for Service {
     async fn run(&self, req: api::RunPodSandboxRequest) -> PortResult<api::RunPodSandboxResponse> {
@@ -620,6 +650,14 @@ impl PodPort for Service {
             containers_statuses,
             timestamp: super::now_ns(),
         })
+    }
+
+    async fn update_resources(
+        &self,
+        req: api::UpdatePodSandboxResourcesRequest,
+    ) -> PortResult<api::UpdatePodSandboxResourcesResponse> {
+        self.0.update_pod_resources(req).await?;
+        Ok(api::UpdatePodSandboxResourcesResponse {})
     }
 
     async fn list(

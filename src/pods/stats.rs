@@ -6,12 +6,16 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::async_trait;
 
-use super::records::{ContainerRecord, PodRecord, PodState};
-use super::{Runtime, RuntimeError, Service, container_config, labels_match, pod_config};
+use std::sync::Arc;
+
+use super::records::{ContainerRecord, CtrState, PodRecord, PodState};
+use super::{Runtime, RuntimeError, Service, container_config, labels_match, metrics, pod_config};
 use crate::cgroups;
 use crate::stream::{Pending, StdioOpts};
 
 impl Runtime {
+    /// Stats of one container. Blocks (cgroup files, a layer walk when its cached size
+    /// is stale): call it from [`Runtime::blocking`].
     fn one_container_stats(&self, c: &ContainerRecord) -> api::ContainerStats {
         let cfg = container_config(c);
         let attributes = api::ContainerAttributes {
@@ -33,8 +37,7 @@ impl Runtime {
     }
 
     fn writable_layer(&self, c: &ContainerRecord) -> api::FilesystemUsage {
-        let upper = c.layer_dir.join("upper");
-        let (bytes, inodes) = dir_usage(&upper);
+        let (bytes, inodes) = self.disk.usage(&c.id, &c.layer_dir.join("upper"));
         api::FilesystemUsage {
             timestamp: super::now_ns(),
             fs_id: Some(api::FilesystemIdentifier {
@@ -45,13 +48,12 @@ impl Runtime {
         }
     }
 
-    fn one_pod_stats(&self, p: &PodRecord) -> Result<api::PodSandboxStats, RuntimeError> {
+    fn one_pod_stats(&self, p: &PodRecord, all: &[ContainerRecord]) -> api::PodSandboxStats {
         let cfg = pod_config(p);
-        let containers = self
-            .containers()?
-            .into_iter()
+        let containers = all
+            .iter()
             .filter(|c| c.pod_id == p.id)
-            .map(|c| self.one_container_stats(&c))
+            .map(|c| self.one_container_stats(c))
             .collect();
         let attributes = api::PodSandboxAttributes {
             id: p.id.clone(),
@@ -64,29 +66,74 @@ impl Runtime {
         } else {
             None
         };
-        Ok(cgroups::pod_stats(attributes, s.as_ref(), containers))
+        cgroups::pod_stats(attributes, s.as_ref(), containers)
     }
-}
 
-/// Bytes and inodes used under `dir` (not following symlinks).
-fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
+    /// The metrics of one pod and its containers. Blocks.
+    fn one_pod_metrics(&self, p: &PodRecord, all: &[ContainerRecord]) -> api::PodSandboxMetrics {
+        let md = pod_config(p).metadata.unwrap_or_default();
+        let mine: Vec<&ContainerRecord> = all.iter().filter(|c| c.pod_id == p.id).collect();
+        // The pod's own interfaces, read from inside its network namespace (a pod on
+        // the host's network has none of its own).
+        let net = match (&p.ns.net, p.state) {
+            (Some(ns), PodState::Ready) => crate::sys::in_netns(Some(ns), || {
+                std::fs::read_to_string("/proc/thread-self/net/dev")
+            })
+            .map(|t| metrics::parse_net_dev(&t))
+            .unwrap_or_default(),
+            _ => Vec::new(),
         };
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            inodes += 1;
-            bytes += md.len();
-            if md.is_dir() {
-                stack.push(e.path());
-            }
+        let (device, limit_bytes, inodes_total, inodes_free) = metrics::fs_of(&self.config.root);
+        let container_metrics = mine
+            .iter()
+            .filter_map(|c| {
+                let detail = self.cgroups.detail(&c.cgroups_path).ok().flatten()?;
+                let cfg = container_config(c);
+                let (used_bytes, _) = self.disk.usage(&c.id, &c.layer_dir.join("upper"));
+                let fs = metrics::FsUsage {
+                    device: device.clone(),
+                    used_bytes,
+                    limit_bytes,
+                    inodes_total,
+                    inodes_free,
+                };
+                let name = cfg.metadata.map(|m| m.name).unwrap_or_default();
+                let image = cfg
+                    .image
+                    .map(|i| i.user_specified_image)
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| c.image_name.clone());
+                let running = c.state == CtrState::Running;
+                let input = metrics::ContainerInput {
+                    labels: [&md.name, &md.namespace, &name, &c.id, &image],
+                    cgroup: &detail,
+                    fs: &fs,
+                    started_at_ns: c.started_at,
+                    nofile_soft: c.pid.filter(|_| running).and_then(metrics::nofile_soft),
+                };
+                Some(api::ContainerMetrics {
+                    container_id: c.id.clone(),
+                    metrics: metrics::container_metrics(&input),
+                })
+            })
+            .collect();
+        api::PodSandboxMetrics {
+            pod_sandbox_id: p.id.clone(),
+            metrics: metrics::pod_metrics(&md.name, &md.namespace, &p.id, &net),
+            container_metrics,
         }
     }
-    (bytes, inodes)
+
+    /// Run blocking stats work on the blocking pool, never on an async worker.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Runtime) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let rt = self.clone();
+        tokio::task::spawn_blocking(move || f(&rt))
+            .await
+            .map_err(super::task_err("stats"))?
+    }
 }
 
 #[async_trait]
@@ -96,9 +143,11 @@ impl StatsPort for Service {
         req: api::ContainerStatsRequest,
     ) -> PortResult<api::ContainerStatsResponse> {
         let c = self.0.must_container(&req.container_id)?;
-        Ok(api::ContainerStatsResponse {
-            stats: Some(self.0.one_container_stats(&c)),
-        })
+        let stats = self
+            .0
+            .blocking(move |rt| Ok(rt.one_container_stats(&c)))
+            .await?;
+        Ok(api::ContainerStatsResponse { stats: Some(stats) })
     }
 
     async fn list_container_stats(
@@ -108,13 +157,19 @@ impl StatsPort for Service {
         let f = req.filter.unwrap_or_default();
         let stats = self
             .0
-            .containers()?
-            .into_iter()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
-            .filter(|c| labels_match(&container_config(c).labels, &f.label_selector))
-            .map(|c| self.0.one_container_stats(&c))
-            .collect();
+            .blocking(move |rt| {
+                Ok(rt
+                    .containers()?
+                    .into_iter()
+                    .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+                    .filter(|c| {
+                        f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id)
+                    })
+                    .filter(|c| labels_match(&container_config(c).labels, &f.label_selector))
+                    .map(|c| rt.one_container_stats(&c))
+                    .collect())
+            })
+            .await?;
         Ok(api::ListContainerStatsResponse { stats })
     }
 
@@ -123,9 +178,11 @@ impl StatsPort for Service {
         req: api::PodSandboxStatsRequest,
     ) -> PortResult<api::PodSandboxStatsResponse> {
         let p = self.0.must_pod(&req.pod_sandbox_id)?;
-        Ok(api::PodSandboxStatsResponse {
-            stats: Some(self.0.one_pod_stats(&p)?),
-        })
+        let stats = self
+            .0
+            .blocking(move |rt| Ok(rt.one_pod_stats(&p, &rt.containers()?)))
+            .await?;
+        Ok(api::PodSandboxStatsResponse { stats: Some(stats) })
     }
 
     async fn list_pod_stats(
@@ -133,15 +190,19 @@ impl StatsPort for Service {
         req: api::ListPodSandboxStatsRequest,
     ) -> PortResult<api::ListPodSandboxStatsResponse> {
         let f = req.filter.unwrap_or_default();
-        let mut stats = Vec::new();
-        for p in self.0.pods()? {
-            if (!f.id.is_empty() && !p.id.starts_with(&f.id))
-                || !labels_match(&pod_config(&p).labels, &f.label_selector)
-            {
-                continue;
-            }
-            stats.push(self.0.one_pod_stats(&p)?);
-        }
+        let stats = self
+            .0
+            .blocking(move |rt| {
+                let all = rt.containers()?;
+                Ok(rt
+                    .pods()?
+                    .into_iter()
+                    .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
+                    .filter(|p| labels_match(&pod_config(p).labels, &f.label_selector))
+                    .map(|p| rt.one_pod_stats(&p, &all))
+                    .collect())
+            })
+            .await?;
         Ok(api::ListPodSandboxStatsResponse { stats })
     }
 
@@ -150,7 +211,7 @@ impl StatsPort for Service {
         _req: api::ListMetricDescriptorsRequest,
     ) -> PortResult<api::ListMetricDescriptorsResponse> {
         Ok(api::ListMetricDescriptorsResponse {
-            descriptors: Vec::new(),
+            descriptors: metrics::descriptors(),
         })
     }
 
@@ -158,9 +219,19 @@ impl StatsPort for Service {
         &self,
         _req: api::ListPodSandboxMetricsRequest,
     ) -> PortResult<api::ListPodSandboxMetricsResponse> {
-        Ok(api::ListPodSandboxMetricsResponse {
-            pod_metrics: Vec::new(),
-        })
+        let pod_metrics = self
+            .0
+            .blocking(|rt| {
+                let all = rt.containers()?;
+                Ok(rt
+                    .pods()?
+                    .into_iter()
+                    .filter(|p| p.state == PodState::Ready)
+                    .map(|p| rt.one_pod_metrics(&p, &all))
+                    .collect())
+            })
+            .await?;
+        Ok(api::ListPodSandboxMetricsResponse { pod_metrics })
     }
 }
 

@@ -212,7 +212,7 @@ impl Runtime {
         let netns = p.ns.net.clone();
         let stream = tokio::task::spawn_blocking(move || connect_in(netns.as_deref(), port))
             .await
-            .map_err(|e| RuntimeError::Invalid(format!("connect thread: {e}")))?
+            .map_err(super::task_err("connect"))?
             .map_err(|e| {
                 RuntimeError::Precondition(format!(
                     "connect to port {port} in pod sandbox {}: {e}",
@@ -226,30 +226,15 @@ impl Runtime {
     }
 }
 
-/// Connect to localhost:`port` from a fresh thread that joined `netns` (sockets keep
-/// the namespace they were made in; the thread and its namespace membership end here).
+/// Connect to localhost:`port` from inside `netns` (sockets keep the namespace they
+/// were made in).
 fn connect_in(netns: Option<&Path>, port: u16) -> std::io::Result<std::net::TcpStream> {
-    let connect = || {
+    crate::sys::in_netns(netns, || {
         let timeout = std::time::Duration::from_secs(5);
         let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         std::net::TcpStream::connect_timeout(&v4, timeout).or_else(|e4| {
             let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
             std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)
         })
-    };
-    let Some(netns) = netns else {
-        return connect();
-    };
-    let file = std::fs::File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            connect()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
     })
 }

@@ -64,7 +64,9 @@ pub(crate) fn env(
         if kv.key.is_empty() {
             continue;
         }
-        set_env(&mut env, format!("{}={}", kv.key, kv.value));
+        // CreateContainer's validation refused values that are not UTF-8.
+        let value = String::from_utf8_lossy(&kv.value);
+        set_env(&mut env, format!("{}={value}", kv.key));
     }
     env
 }

@@ -82,6 +82,14 @@ pub trait PodPort: Send + Sync + 'static {
     ) -> PortResult<api::ListPodSandboxResponse> {
         Err(CriError::unimplemented("ListPodSandbox"))
     }
+    /// `UpdatePodSandboxResources`: record the pod-level resources the kubelet has
+    /// already applied to the pod's cgroup (best effort for the kubelet).
+    async fn update_resources(
+        &self,
+        _req: api::UpdatePodSandboxResourcesRequest,
+    ) -> PortResult<api::UpdatePodSandboxResourcesResponse> {
+        Err(CriError::unimplemented("UpdatePodSandboxResources"))
+    }
 }
 
 /// Container lifecycle.

@@ -39,11 +39,7 @@ engine_tests!(
 );
 
 fn need_root(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("skipping {test}: needs root");
-    }
-    root
+    skiff_testkit::require_root(test)
 }
 
 fn privileged(engine: IoEngine) -> UnpackOptions {

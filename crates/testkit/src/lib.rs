@@ -26,7 +26,7 @@ pub use image::{
     Compression, Image, ImageBuilder, ImageError, Layer, LayerBuilder, big_files_layer,
     busybox_layer, index, many_small_files_layer, write_oci_layout_tar,
 };
-pub use netns::{NetNs, NetNsError, is_root, require_root};
+pub use netns::{NetNs, NetNsError, STRICT_ENV, is_root, require_root, skip, strict};
 pub use push::{FetchedManifest, PushError, RegistryClient, push, push_index};
 pub use registry::{Registry, RegistryError};
 

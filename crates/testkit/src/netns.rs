@@ -61,8 +61,28 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Returns `true` when running as root; otherwise prints
-/// `skipping <test>: needs root` to stderr and returns `false`.
+/// The environment variable that turns every test skip into a failure. `.ci/run`
+/// sets it: there, a test that cannot run its real check must fail, never pass.
+pub const STRICT_ENV: &str = "SKIFF_TEST_STRICT";
+
+/// Whether skips are forbidden ([`STRICT_ENV`] set to anything but empty or `0`).
+pub fn strict() -> bool {
+    std::env::var(STRICT_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The one place a test gives up on its real check: prints `skipping <test>: <why>` and
+/// returns `false`, or, under [`STRICT_ENV`], panics with that message.
+pub fn skip(test: &str, why: &str) -> bool {
+    assert!(
+        !strict(),
+        "{test} cannot run its real check ({why}) and {STRICT_ENV} forbids skipping"
+    );
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+/// Returns `true` when running as root; otherwise [`skip`]s with `needs root`
+/// (a failure under [`STRICT_ENV`]).
 ///
 /// ```no_run
 /// # fn t() {
@@ -72,12 +92,7 @@ pub fn is_root() -> bool {
 /// # }
 /// ```
 pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("skipping {test}: needs root");
-        false
-    }
+    is_root() || skip(test, "needs root")
 }
 
 /// Returns early from the enclosing test (which must return `()`) unless

@@ -302,7 +302,7 @@ impl Skiffd {
                 };
                 let Ok(pods) = c
                     .runtime
-                    .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+                    .list_pod_sandbox(skiff_cri::api::ListPodSandboxRequest { filter: None })
                     .await
                 else {
                     return;
@@ -310,7 +310,7 @@ impl Skiffd {
                 for p in pods.into_inner().items {
                     let _ = c
                         .runtime
-                        .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                        .remove_pod_sandbox(skiff_cri::api::RemovePodSandboxRequest {
                             pod_sandbox_id: p.id,
                         })
                         .await;

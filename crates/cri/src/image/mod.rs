@@ -6,11 +6,13 @@ mod image_status;
 mod list_images;
 mod pull_image;
 mod remove_image;
+mod stream_images;
 
 use tonic::{Request, Response, Status, async_trait};
 
 use crate::api::{self, image_service_server::ImageService};
 use crate::ports::Ports;
+use crate::stream_list::{ListStream, stream_of};
 use crate::wrap::call;
 
 /// The tonic `ImageService` backed by [`Ports::images`].
@@ -35,6 +37,24 @@ impl ImageService for ImageServer {
         r: Request<api::ListImagesRequest>,
     ) -> Rpc<api::ListImagesResponse> {
         call(r, |r| self.ports.images.list(r)).await
+    }
+
+    type StreamImagesStream = ListStream<api::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        r: Request<api::StreamImagesRequest>,
+    ) -> Rpc<Self::StreamImagesStream> {
+        call(r, |r| async move {
+            let list = self
+                .ports
+                .images
+                .list(api::ListImagesRequest { filter: r.filter });
+            Ok(stream_of(list.await?.images, |images| {
+                api::StreamImagesResponse { images }
+            }))
+        })
+        .await
     }
     async fn image_status(
         &self,

@@ -27,7 +27,13 @@ mod start_container;
 mod status;
 mod stop_container;
 mod stop_pod_sandbox;
+mod stream_container_stats;
+mod stream_containers;
+mod stream_pod_sandbox_metrics;
+mod stream_pod_sandbox_stats;
+mod stream_pod_sandboxes;
 mod update_container_resources;
+mod update_pod_sandbox_resources;
 mod update_runtime_config;
 mod version;
 
@@ -37,6 +43,7 @@ use tonic::{Request, Response, Status, async_trait};
 use crate::api::{self, runtime_service_server::RuntimeService};
 use crate::error::to_status;
 use crate::ports::Ports;
+use crate::stream_list::{ListStream, stream_of};
 use crate::wrap::call;
 
 /// The tonic `RuntimeService` backed by [`Ports`].
@@ -111,6 +118,30 @@ impl RuntimeService for RuntimeServer {
         call(r, |r| self.ports.pods.list(r)).await
     }
 
+    type StreamPodSandboxesStream = ListStream<api::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<api::StreamPodSandboxesRequest>,
+    ) -> Rpc<Self::StreamPodSandboxesStream> {
+        call(r, |r| async move {
+            let list = self
+                .ports
+                .pods
+                .list(api::ListPodSandboxRequest { filter: r.filter });
+            Ok(stream_of(list.await?.items, |pod_sandboxes| {
+                api::StreamPodSandboxesResponse { pod_sandboxes }
+            }))
+        })
+        .await
+    }
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<api::UpdatePodSandboxResourcesRequest>,
+    ) -> Rpc<api::UpdatePodSandboxResourcesResponse> {
+        call(r, |r| self.ports.pods.update_resources(r)).await
+    }
+
     async fn create_container(
         &self,
         r: Request<api::CreateContainerRequest>,
@@ -140,6 +171,24 @@ impl RuntimeService for RuntimeServer {
         r: Request<api::ListContainersRequest>,
     ) -> Rpc<api::ListContainersResponse> {
         call(r, |r| self.ports.containers.list(r)).await
+    }
+
+    type StreamContainersStream = ListStream<api::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        r: Request<api::StreamContainersRequest>,
+    ) -> Rpc<Self::StreamContainersStream> {
+        call(r, |r| async move {
+            let list = self
+                .ports
+                .containers
+                .list(api::ListContainersRequest { filter: r.filter });
+            Ok(stream_of(list.await?.containers, |containers| {
+                api::StreamContainersResponse { containers }
+            }))
+        })
+        .await
     }
     async fn container_status(
         &self,
@@ -208,6 +257,22 @@ impl RuntimeService for RuntimeServer {
     ) -> Rpc<api::ListContainerStatsResponse> {
         call(r, |r| self.ports.stats.list_container_stats(r)).await
     }
+
+    type StreamContainerStatsStream = ListStream<api::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        r: Request<api::StreamContainerStatsRequest>,
+    ) -> Rpc<Self::StreamContainerStatsStream> {
+        call(r, |r| async move {
+            let req = api::ListContainerStatsRequest { filter: r.filter };
+            let list = self.ports.stats.list_container_stats(req);
+            Ok(stream_of(list.await?.stats, |container_stats| {
+                api::StreamContainerStatsResponse { container_stats }
+            }))
+        })
+        .await
+    }
     async fn pod_sandbox_stats(
         &self,
         r: Request<api::PodSandboxStatsRequest>,
@@ -220,6 +285,22 @@ impl RuntimeService for RuntimeServer {
     ) -> Rpc<api::ListPodSandboxStatsResponse> {
         call(r, |r| self.ports.stats.list_pod_stats(r)).await
     }
+
+    type StreamPodSandboxStatsStream = ListStream<api::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<api::StreamPodSandboxStatsRequest>,
+    ) -> Rpc<Self::StreamPodSandboxStatsStream> {
+        call(r, |r| async move {
+            let req = api::ListPodSandboxStatsRequest { filter: r.filter };
+            let list = self.ports.stats.list_pod_stats(req);
+            Ok(stream_of(list.await?.stats, |pod_sandbox_stats| {
+                api::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+            }))
+        })
+        .await
+    }
     async fn list_metric_descriptors(
         &self,
         r: Request<api::ListMetricDescriptorsRequest>,
@@ -231,5 +312,25 @@ impl RuntimeService for RuntimeServer {
         r: Request<api::ListPodSandboxMetricsRequest>,
     ) -> Rpc<api::ListPodSandboxMetricsResponse> {
         call(r, |r| self.ports.stats.pod_metrics(r)).await
+    }
+
+    type StreamPodSandboxMetricsStream = ListStream<api::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        r: Request<api::StreamPodSandboxMetricsRequest>,
+    ) -> Rpc<Self::StreamPodSandboxMetricsStream> {
+        call(r, |_| async move {
+            let list = self
+                .ports
+                .stats
+                .pod_metrics(api::ListPodSandboxMetricsRequest {});
+            Ok(stream_of(list.await?.pod_metrics, |pod_sandbox_metrics| {
+                api::StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics,
+                }
+            }))
+        })
+        .await
     }
 }

@@ -18,6 +18,9 @@ use skiff_cri::error::{Classify, ErrorKind};
 
 use crate::config::CgroupMode;
 
+mod detail;
+pub use detail::{BlkioDevice, Detail, Limits};
+
 /// The v1 controller hierarchies skiff creates its cgroups in, whichever of them are mounted.
 const V1_CONTROLLERS: &[&str] = &[
     "cpu", "cpuacct", "memory", "pids", "cpuset", "hugetlb", "devices", "freezer", "blkio",
@@ -71,7 +74,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupErro
 }
 
 /// One sample of a cgroup's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     /// When the sample was taken, in nanoseconds since the Unix epoch.
     pub timestamp_ns: i64,
@@ -92,6 +95,74 @@ pub struct CgroupStats {
     /// Swap in use, when the host accounts it (v1 `total_swap`, else
     /// `memory.memsw.usage_in_bytes` − usage; v2 `memory.swap.current`).
     pub swap_usage_bytes: Option<u64>,
+    /// Pressure stall information, where the kernel keeps it for this cgroup (v2, or the
+    /// unified hierarchy of a hybrid host); `None` where it does not.
+    pub psi: PsiSet,
+}
+
+/// Pressure stall information of a cgroup, per resource (`cpu.pressure`, …).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PsiSet {
+    /// `cpu.pressure`.
+    pub cpu: Option<Pressure>,
+    /// `memory.pressure`.
+    pub memory: Option<Pressure>,
+    /// `io.pressure`.
+    pub io: Option<Pressure>,
+}
+
+/// One `*.pressure` file: the `some` and `full` lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    /// Some tasks stalled.
+    pub some: PressureLine,
+    /// All non-idle tasks stalled (absent for cpu on old kernels: zero).
+    pub full: PressureLine,
+}
+
+/// One line of a pressure file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PressureLine {
+    /// Total stall time in microseconds (`total=`).
+    pub total_us: u64,
+    /// `avg10=` (percent).
+    pub avg10: f64,
+    /// `avg60=`.
+    pub avg60: f64,
+    /// `avg300=`.
+    pub avg300: f64,
+}
+
+impl Pressure {
+    /// Parse a `*.pressure` file; `None` when it has no `some` line.
+    pub fn parse(text: &str) -> Option<Pressure> {
+        let mut out = Pressure::default();
+        let mut some = false;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let target = match words.next() {
+                Some("some") => {
+                    some = true;
+                    &mut out.some
+                }
+                Some("full") => &mut out.full,
+                _ => continue,
+            };
+            for word in words {
+                let Some((k, v)) = word.split_once('=') else {
+                    continue;
+                };
+                match k {
+                    "avg10" => target.avg10 = v.parse().unwrap_or(0.0),
+                    "avg60" => target.avg60 = v.parse().unwrap_or(0.0),
+                    "avg300" => target.avg300 = v.parse().unwrap_or(0.0),
+                    "total" => target.total_us = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        some.then_some(out)
+    }
 }
 
 /// One mounted v1 hierarchy (or the single v2 one).
@@ -295,11 +366,12 @@ impl Cgroups {
             return Ok(None);
         }
         let timestamp_ns = now_ns();
-        let stats = if self.is_v2() {
+        let mut stats = if self.is_v2() {
             self.stats_v2(&rel, timestamp_ns)?
         } else {
             self.stats_v1(&rel, timestamp_ns)?
         };
+        stats.psi = self.psi(&rel);
         Ok(Some(stats))
     }
 
@@ -324,6 +396,7 @@ impl Cgroups {
             major_page_faults: kv(&stat, "total_pgmajfault").unwrap_or(0),
             pids: read_u64(&self.dir("pids", rel).join("pids.current"))?.unwrap_or(0),
             swap_usage_bytes: swap,
+            psi: PsiSet::default(),
         })
     }
 
@@ -345,7 +418,37 @@ impl Cgroups {
             major_page_faults: kv(&stat, "pgmajfault").unwrap_or(0),
             pids: read_u64(&dir.join("pids.current"))?.unwrap_or(0),
             swap_usage_bytes: read_u64(&dir.join("memory.swap.current"))?,
+            psi: PsiSet::default(),
         })
+    }
+
+    /// The unified-hierarchy directory of `rel`: the cgroup itself on v2, its twin under
+    /// `unified/` on a hybrid host (where the OCI runtime creates one), else `None`.
+    fn unified_dir(&self, rel: &Path) -> Option<PathBuf> {
+        let dir = if self.is_v2() {
+            self.base.join(rel)
+        } else {
+            self.base.join("unified").join(rel)
+        };
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Pressure stall information of `rel`, where the kernel keeps it.
+    fn psi(&self, rel: &Path) -> PsiSet {
+        let Some(dir) = self.unified_dir(rel) else {
+            return PsiSet::default();
+        };
+        let read = |file: &str| {
+            read_opt(&dir.join(file))
+                .ok()
+                .flatten()
+                .and_then(|t| Pressure::parse(&t))
+        };
+        PsiSet {
+            cpu: read("cpu.pressure"),
+            memory: read("memory.pressure"),
+            io: read("io.pressure"),
+        }
     }
 
     /// Whether the cgroup saw an OOM kill (`oom_kill` > 0 in v1 `memory.oom_control`, v2
@@ -562,13 +665,37 @@ fn value(v: u64) -> Option<api::UInt64Value> {
     Some(api::UInt64Value { value: v })
 }
 
+/// CRI PSI of one pressure file (totals in nanoseconds, as the CRI counts them).
+fn psi(p: Option<Pressure>) -> Option<api::PsiStats> {
+    let line = |l: PressureLine| api::PsiData {
+        total: l.total_us.saturating_mul(1000),
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.map(|p| api::PsiStats {
+        full: Some(line(p.full)),
+        some: Some(line(p.some)),
+    })
+}
+
 /// CPU usage of a sample; without one, just a timestamp (clients dereference `cpu`).
 fn cpu_usage(ts: i64, s: Option<&CgroupStats>) -> api::CpuUsage {
     api::CpuUsage {
         timestamp: ts,
         usage_core_nano_seconds: s.and_then(|s| value(s.cpu_usage_ns)),
         usage_nano_cores: None,
+        psi: psi(s.and_then(|s| s.psi.cpu)),
     }
+}
+
+/// IO usage of a sample: only PSI, so absent where the kernel keeps none.
+fn io_usage(ts: i64, s: Option<&CgroupStats>) -> Option<api::IoUsage> {
+    let p = psi(s.and_then(|s| s.psi.io))?;
+    Some(api::IoUsage {
+        timestamp: ts,
+        psi: Some(p),
+    })
 }
 
 /// Memory usage of a sample; without one, just a timestamp.
@@ -581,6 +708,7 @@ fn memory_usage(ts: i64, s: Option<&CgroupStats>) -> api::MemoryUsage {
         rss_bytes: s.and_then(|s| value(s.memory_rss_bytes)),
         page_faults: s.and_then(|s| value(s.page_faults)),
         major_page_faults: s.and_then(|s| value(s.major_page_faults)),
+        psi: psi(s.and_then(|s| s.psi.memory)),
     }
 }
 
@@ -605,6 +733,7 @@ pub fn container_stats(
                 swap_available_bytes: None,
                 swap_usage_bytes: value(swap),
             }),
+        io: io_usage(ts, s),
     }
 }
 
@@ -626,6 +755,7 @@ pub fn pod_stats(
                 process_count: s.and_then(|s| value(s.pids)),
             }),
             containers,
+            io: io_usage(ts, s),
         }),
         windows: None,
     }
@@ -990,7 +1120,23 @@ mod tests {
             major_page_faults: 6,
             pids: 7,
             swap_usage_bytes: Some(8),
+            psi: PsiSet::default(),
         }
+    }
+
+    #[test]
+    fn pressure_files() {
+        let p = Pressure::parse(
+            "some avg10=1.50 avg60=0.00 avg300=0.25 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
+        assert_eq!(p.some.total_us, 1234);
+        assert_eq!(p.some.avg10, 1.5);
+        assert_eq!(p.full.total_us, 7);
+        assert_eq!(Pressure::parse(""), None);
+        let cri = psi(Some(p)).unwrap();
+        assert_eq!(cri.some.unwrap().total, 1_234_000);
+        assert!(psi(None).is_none());
     }
 
     #[test]
@@ -1054,8 +1200,7 @@ mod tests {
 
     #[test]
     fn host_create_and_remove() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping cgroups::tests::host_create_and_remove: needs root");
+        if !skiff_testkit::require_root("cgroups::tests::host_create_and_remove") {
             return;
         }
         let mode = CgroupMode::detect();
