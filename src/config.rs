@@ -19,6 +19,8 @@ pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
 pub const DEFAULT_STATE: &str = "/run/skiff";
 /// Default CRI socket.
 pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
+/// How long a shim may go without answering before skiffd takes it for dead.
+pub const DEFAULT_SHIM_LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default pod CIDR of the built-in bridge network.
 pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 /// Default bridge name.
@@ -131,6 +133,9 @@ pub struct RuntimeSection {
     pub default_handler: Option<String>,
     /// Handlers by RuntimeClass handler name.
     pub handlers: BTreeMap<String, HandlerSection>,
+    /// Seconds a pod's shim may go without answering (stopped, hung) before skiffd
+    /// kills it and reports its containers exited.
+    pub shim_liveness_timeout: Option<u64>,
 }
 
 /// `[runtime.handlers.<name>]`.
@@ -229,6 +234,8 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// The handler name used for RuntimeClass `""`.
     pub default_handler: String,
+    /// How long a shim may go without answering before it is taken for dead.
+    pub shim_liveness_timeout: std::time::Duration,
     /// Every handler, by name (always includes `runc` and `crun`).
     pub handlers: BTreeMap<String, Handler>,
     /// The streaming server address.
@@ -429,6 +436,17 @@ impl Config {
             ));
         }
 
+        let shim_liveness_timeout = match file.runtime.shim_liveness_timeout {
+            None => DEFAULT_SHIM_LIVENESS_TIMEOUT,
+            Some(s) if (1..=3600).contains(&s) => std::time::Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(
+                    "runtime.shim_liveness_timeout",
+                    format!("{s} is not between 1 and 3600 seconds"),
+                ));
+            }
+        };
+
         let address_text = file
             .streaming
             .address
@@ -471,6 +489,7 @@ impl Config {
             cni_bin_dirs: path_list(file.network.cni_bin_dir.as_deref(), DEFAULT_CNI_BIN_DIR)
                 .map_err(|reason| invalid("network.cni_bin_dir", reason))?,
             default_handler,
+            shim_liveness_timeout,
             handlers,
             streaming_address,
             cgroup_mode,

@@ -1,6 +1,7 @@
 //! skiffd: the daemon that composes skiff's crates, and the `skiff` CLI.
 
 pub mod admin;
+pub mod blocking;
 pub mod cgroups;
 pub mod cli;
 pub mod cli_pods;

@@ -311,6 +311,7 @@ pub fn in_netns<T: Send>(
     netns: Option<&Path>,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
+    crate::blocking::assert_may_block("sys::in_netns");
     let Some(netns) = netns else {
         return f();
     };

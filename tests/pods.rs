@@ -15,7 +15,12 @@ const IMAGE: &str = "127.0.0.1:5000/test/busybox:pods";
 
 /// skiffd + registry with the busybox test image pulled.
 async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
-    let env = common::start_with_registry(test, "", &[])?;
+    setup_with(test, "").await
+}
+
+/// [`setup`] with extra skiffd config.
+async fn setup_with(test: &str, extra_config: &str) -> Option<(RegistryEnv, CriClient)> {
+    let env = common::start_with_registry(test, extra_config, &[])?;
     let image = ImageBuilder::new()
         .layer(busybox_layer(Compression::Gzip).unwrap())
         .cmd(["sh"])
@@ -644,18 +649,7 @@ async fn a_killed_shim_is_detected_after_restart() {
     let Some((mut env, mut c)) = setup("a_killed_shim_is_detected_after_restart").await else {
         return;
     };
-    let logs = env.skiffd.dir().join("logs");
-    let pod_cfg = pod_config("shimkill", &logs);
-    let pod = run_pod(&mut c, &pod_cfg).await;
-    let ctr = create(
-        &mut c,
-        &pod,
-        &pod_cfg,
-        ctr_config("victim", &["sleep", "3600"]),
-    )
-    .await
-    .unwrap();
-    start(&mut c, &ctr).await;
+    let (pod, ctr) = sleeping_pod(&mut c, &env, "shimkill").await;
     drop(c);
     env.skiffd.kill();
     let shim = shim_pid(&env.skiffd.state, &pod);
@@ -1402,4 +1396,158 @@ fn sorted(v: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = v.into_iter().collect();
     v.sort();
     v
+}
+
+/// A pod `name` with one running container `victim` (`sleep 3600`): (pod, container).
+async fn sleeping_pod(c: &mut CriClient, env: &RegistryEnv, name: &str) -> (String, String) {
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config(name, &logs);
+    let pod = run_pod(c, &pod_cfg).await;
+    let ctr = create(c, &pod, &pod_cfg, ctr_config("victim", &["sleep", "3600"]))
+        .await
+        .unwrap();
+    start(c, &ctr).await;
+    (pod, ctr)
+}
+
+/// The pid in a container's status info.
+async fn container_pid(c: &mut CriClient, id: &str) -> u32 {
+    let info = c
+        .runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    u32::try_from(info["pid"].as_u64().unwrap()).unwrap()
+}
+
+async fn pod_state(c: &mut CriClient, pod: &str) -> i32 {
+    c.runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .state
+}
+
+/// A pod with a running container whose shim then gets `signal`: skiffd notices while it
+/// runs, reports the container exited (reason Unknown, a message naming the shim), kills
+/// the container and the pause, releases cgroups and mounts, and the kubelet's Stop and
+/// Remove calls succeed. Returns how long the notice took.
+async fn shim_loss(test: &str, signal: rustix::process::Signal) -> Option<Duration> {
+    let (env, mut c) = setup_with(test, "[runtime]\nshim_liveness_timeout = 3\n").await?;
+    let (pod, ctr) = sleeping_pod(&mut c, &env, "shimloss").await;
+    let victim = container_pid(&mut c, &ctr).await;
+    let shim = shim_pid(&env.skiffd.state, &pod);
+    let cgroup = format!("/skiff/{pod}/{ctr}");
+    assert!(pid_alive(victim));
+    let sent = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(shim).unwrap()).unwrap(),
+        signal,
+    )
+    .unwrap();
+    let s = wait_state(&mut c, &ctr, api::ContainerState::ContainerExited).await;
+    let noticed = sent.elapsed();
+    assert_eq!(s.reason, "Unknown", "{s:?}");
+    assert!(s.message.contains("shim"), "{s:?}");
+    // The pod turns NotReady once its resources are released (right after).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod_state(&mut c, &pod).await != api::PodSandboxState::SandboxNotready as i32 {
+        assert!(Instant::now() < deadline, "the pod stays ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing of the pod runs on: container, pause and shim are gone, and so are the
+    // container's cgroup and mounts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (pid_alive(victim) || pid_alive(shim)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pid_alive(victim),
+        "the container's process is still running"
+    );
+    assert!(!pid_alive(shim), "the shim is still there");
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup.trim_start_matches('/'))
+            .exists()
+            && !Path::new("/sys/fs/cgroup")
+                .join(cgroup.trim_start_matches('/'))
+                .exists(),
+        "the container's cgroup is left"
+    );
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&ctr),
+        "the container's rootfs is still mounted"
+    );
+    // ExecSync says why; Stop and Remove succeed.
+    let e = exec(&mut c, &ctr, &["true"], 5).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    c.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: ctr.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
+    Some(noticed)
+}
+
+#[tokio::test]
+async fn a_shim_killed_while_skiffd_runs_is_noticed_at_once() {
+    let Some(noticed) = shim_loss(
+        "a_shim_killed_while_skiffd_runs_is_noticed_at_once",
+        rustix::process::Signal::KILL,
+    )
+    .await
+    else {
+        return;
+    };
+    // The pidfd tells at once; well under the liveness timeout (3 s here, 30 by default).
+    assert!(
+        noticed < Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_shim_is_killed_after_the_liveness_timeout() {
+    let Some(noticed) = shim_loss(
+        "a_stopped_shim_is_killed_after_the_liveness_timeout",
+        rustix::process::Signal::STOP,
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        noticed >= Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
 }

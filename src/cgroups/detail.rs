@@ -201,6 +201,7 @@ fn weight_to_shares(weight: u64) -> u64 {
 impl Cgroups {
     /// The detailed counters of `path`; `Ok(None)` if the cgroup does not exist.
     pub fn detail(&self, path: &str) -> Result<Option<Detail>, CgroupError> {
+        crate::blocking::assert_may_block("Cgroups::detail");
         let rel = relative(path)?;
         if !self.exists(path) {
             return Ok(None);

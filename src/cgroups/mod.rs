@@ -328,6 +328,7 @@ impl Cgroups {
     ///
     /// This blocks (sleeps) while it retries.
     pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        crate::blocking::assert_may_block("Cgroups::remove");
         let rel = relative(path)?;
         if rel.as_os_str().is_empty() {
             return Err(CgroupError::InvalidPath {

@@ -12,7 +12,7 @@ use base64::Engine;
 use skiff_cri::api;
 use skiff_cri::ports::{ContainerPort, PortResult};
 use skiff_meta::Table;
-use skiff_shim::protocol::{Exit, Reply, Request};
+use skiff_shim_proto::protocol::{Exit, Reply, Request};
 use tonic::async_trait;
 
 use super::records::{ContainerRecord, CtrState, PidMode, PodState, User, encode};
@@ -31,7 +31,9 @@ fn read_exit(bundle: &std::path::Path) -> Option<Exit> {
 fn unmount_image_volumes(bundle: &std::path::Path) {
     if let Ok(entries) = fs::read_dir(bundle.join("volumes")) {
         for e in entries.flatten() {
-            let _ = crate::sys::unmount(&e.path());
+            if let Err(e) = crate::sys::unmount(&e.path()) {
+                tracing::warn!(error = %e, "unmount an image volume");
+            }
         }
     }
 }
@@ -60,7 +62,8 @@ impl Runtime {
     }
 
     fn record_exit(&self, c: &mut ContainerRecord, exit: Exit) {
-        if !c.transition(CtrState::Exited) {
+        if c.transition(CtrState::Exited).is_err() {
+            // Already exited: the first record of the exit stands.
             return;
         }
         c.exit_code = exit.code;
@@ -78,6 +81,18 @@ impl Runtime {
             .publish(self.event(c, api::ContainerEventType::ContainerStoppedEvent));
     }
 
+    /// Unmount a container's root filesystem and image volumes (gone already is fine).
+    pub(super) async fn unmount_container(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
+        let (rootfs, bundle) = (c.rootfs(), c.bundle.clone());
+        crate::blocking::spawn(move || {
+            unmount_image_volumes(&bundle);
+            crate::sys::unmount(&rootfs)
+        })
+        .await
+        .map_err(super::task_err("unmount"))??;
+        Ok(())
+    }
+
     /// Mark a container exited when no exit was recorded (its shim is gone).
     pub(super) fn settle_exit(&self, c: &mut ContainerRecord, message: Option<&str>) {
         self.refresh(c);
@@ -85,7 +100,10 @@ impl Runtime {
             return;
         }
         let was_created = c.state == CtrState::Created;
-        c.transition(CtrState::Exited);
+        if let Err(e) = c.transition(CtrState::Exited) {
+            tracing::error!(container_id = %c.id, error = %e, "settle the exit of a container");
+            return;
+        }
         c.finished_at = super::now_ns();
         c.exit_code = if was_created { 0 } else { 137 };
         c.reason = if message.is_some() {
@@ -145,11 +163,22 @@ impl Runtime {
     }
 
     pub(super) fn container_status(&self, c: &ContainerRecord) -> api::ContainerStatus {
+        // A record whose config does not decode shows the container as unknown, saying
+        // why, rather than as an empty container.
+        let damaged = super::records::decode::<api::ContainerConfig>(&c.config).err();
         let cfg = container_config(c);
+        let (state, reason, message) = match &damaged {
+            Some(e) => (
+                api::ContainerState::ContainerUnknown,
+                "RecordDamaged".to_string(),
+                e.to_string(),
+            ),
+            None => (c.state.cri(), c.reason.clone(), c.message.clone()),
+        };
         api::ContainerStatus {
             id: c.id.clone(),
             metadata: cfg.metadata.clone(),
-            state: c.state.cri() as i32,
+            state: state as i32,
             created_at: c.created_at,
             started_at: c.started_at,
             finished_at: c.finished_at,
@@ -165,8 +194,8 @@ impl Runtime {
             }),
             image_ref: c.image_id.clone(),
             image_id: c.image_id.clone(),
-            reason: c.reason.clone(),
-            message: c.message.clone(),
+            reason,
+            message,
             labels: cfg.labels.clone(),
             annotations: cfg.annotations.clone(),
             mounts: cfg.mounts.clone(),
@@ -372,7 +401,7 @@ impl Runtime {
             lower.push(empty);
             let at = target.clone();
             let sub = m.image_sub_path.clone();
-            let source = tokio::task::spawn_blocking(move || {
+            let source = crate::blocking::spawn(move || {
                 crate::sys::mount_overlay(&at, &lower, None)?;
                 if sub.is_empty() {
                     return Ok(at);
@@ -426,7 +455,7 @@ impl Runtime {
             .mounts(&image.chain_ids(), &upper, &work);
         {
             let (rootfs, lower) = (rootfs.clone(), mount.lower.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::spawn(move || {
                 crate::sys::mount_overlay(&rootfs, &lower, Some((&upper, &work)))
             })
             .await
@@ -530,8 +559,12 @@ impl Runtime {
         )
         .await;
         if let Err(e) = started {
-            // A container that could not start is finished, like containerd's StartError.
-            c.transition(CtrState::Exited);
+            // A container that could not start is finished, like containerd's StartError
+            // (unless the shim recorded its exit meanwhile).
+            self.refresh(&mut c);
+            if c.transition(CtrState::Exited).is_err() {
+                return Err(e);
+            }
             c.finished_at = super::now_ns();
             c.exit_code = 128;
             c.reason = "StartError".into();
@@ -540,7 +573,7 @@ impl Runtime {
             return Err(e);
         }
         c.started_at = started_at;
-        c.transition(CtrState::Running);
+        c.transition(CtrState::Running)?;
         self.refresh(&mut c);
         self.save_container(&c)?;
         self.events
@@ -652,10 +685,20 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        crate::sys::unmount(&c.rootfs())?;
-        unmount_image_volumes(&c.bundle);
-        let _ = fs::remove_dir_all(&c.bundle);
-        let _ = fs::remove_dir_all(&c.layer_dir);
+        self.unmount_container(&c).await?;
+        // The writable layer may hold many files: removed off the async workers.
+        let (bundle, layer_dir) = (c.bundle.clone(), c.layer_dir.clone());
+        crate::blocking::spawn(move || {
+            for dir in [bundle, layer_dir] {
+                if let Err(e) = fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %dir.display(), error = %e, "remove a container's files");
+                }
+            }
+        })
+        .await
+        .map_err(super::task_err("remove container files"))?;
         self.cpu.forget(&c.id);
         self.disk.forget(&c.id);
         self.meta.delete(Table::CONTAINERS, &c.id)?;

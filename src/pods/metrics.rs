@@ -723,6 +723,7 @@ impl DiskUsageCache {
     /// The size of `dir` (container `id`), from the cache when fresh enough. Blocks
     /// (walks the directory) when not: call it off the async workers.
     pub(crate) fn usage(&self, id: &str, dir: &Path) -> (u64, u64) {
+        crate::blocking::assert_may_block("DiskUsageCache::usage");
         let lock = || {
             self.entries
                 .lock()
@@ -749,6 +750,7 @@ impl DiskUsageCache {
 
 /// Bytes and inodes used under `dir` (not following symlinks).
 pub(crate) fn dir_usage(dir: &Path) -> (u64, u64) {
+    crate::blocking::assert_may_block("dir_usage");
     let mut bytes = 0;
     let mut inodes = 0;
     let mut stack = vec![dir.to_path_buf()];

@@ -8,6 +8,7 @@
 
 mod container;
 mod events;
+mod liveness;
 mod metrics;
 mod network;
 mod pod;
@@ -94,7 +95,7 @@ pub enum RuntimeError {
     },
     /// The shim answered with a failure.
     #[error("{}", .0.message)]
-    ShimFailed(skiff_shim::protocol::Failure),
+    ShimFailed(skiff_shim_proto::protocol::Failure),
     /// Namespaces and mounts.
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
@@ -116,6 +117,9 @@ pub enum RuntimeError {
     /// The image store.
     #[error(transparent)]
     Image(#[from] skiff_image::ImageError),
+    /// The container's state machine refused a change.
+    #[error(transparent)]
+    Refused(#[from] records::Refused),
     /// A blocking task of skiffd's own panicked or was cancelled (a bug, not bad input).
     #[error("{what} task failed: {source}")]
     Task {
@@ -140,12 +144,14 @@ pub enum RuntimeError {
 
 impl Classify for RuntimeError {
     fn kind(&self) -> ErrorKind {
-        use skiff_shim::protocol::FailureKind as F;
+        use skiff_shim_proto::protocol::FailureKind as F;
         match self {
             RuntimeError::NotFound { .. } => ErrorKind::NotFound,
             RuntimeError::Ambiguous { .. } | RuntimeError::Invalid(_) => ErrorKind::InvalidArgument,
             RuntimeError::NameTaken { .. } => ErrorKind::AlreadyExists,
-            RuntimeError::Precondition(_) => ErrorKind::FailedPrecondition,
+            RuntimeError::Precondition(_) | RuntimeError::Refused(_) => {
+                ErrorKind::FailedPrecondition
+            }
             RuntimeError::Exhausted(_) => ErrorKind::ResourceExhausted,
             RuntimeError::ShimStart { .. }
             | RuntimeError::Io { .. }
@@ -171,7 +177,7 @@ impl Classify for RuntimeError {
     }
 }
 
-/// Map a failed `spawn_blocking` join to [`RuntimeError::Task`].
+/// Map a failed `blocking::spawn` join to [`RuntimeError::Task`].
 pub(crate) fn task_err(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RuntimeError {
     move |source| RuntimeError::Task { what, source }
 }
@@ -183,7 +189,7 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
 
 /// Nanoseconds since the epoch.
 pub fn now_ns() -> i64 {
-    skiff_shim::logfmt::now_ns()
+    skiff_shim_proto::clock::now_ns()
 }
 
 /// A fresh 64-hex id.
@@ -205,6 +211,7 @@ pub struct Runtime {
     events: Events,
     cpu: crate::cgroups::CpuRate,
     disk: metrics::DiskUsageCache,
+    watchers: liveness::Watchers,
     net: std::sync::OnceLock<Arc<network::PodNetwork>>,
     streaming: std::sync::OnceLock<Arc<crate::stream::Server>>,
 }
@@ -234,6 +241,7 @@ impl Runtime {
             events: Events::new(),
             cpu: crate::cgroups::CpuRate::default(),
             disk: metrics::DiskUsageCache::default(),
+            watchers: liveness::Watchers::default(),
             net: std::sync::OnceLock::new(),
             streaming: std::sync::OnceLock::new(),
         })
@@ -249,21 +257,33 @@ impl Runtime {
         m.lock_owned().await
     }
 
+    /// Every pod record. A damaged one (it does not decode) is reported and left out, so
+    /// one bad record does not hide the others; looking it up by id reports it again.
     fn pods(&self) -> Result<Vec<PodRecord>, RuntimeError> {
-        Ok(self
-            .meta
-            .list::<PodRecord>(Table::PODS)?
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect())
+        self.records(Table::PODS, "pod sandbox")
     }
 
+    /// Every container record; a damaged one is reported and left out, as in [`Runtime::pods`].
     fn containers(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        self.records(Table::CONTAINERS, "container")
+    }
+
+    fn records<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        what: &'static str,
+    ) -> Result<Vec<T>, RuntimeError> {
         Ok(self
             .meta
-            .list::<ContainerRecord>(Table::CONTAINERS)?
+            .list_each::<T>(table)?
             .into_iter()
-            .map(|(_, c)| c)
+            .filter_map(|(id, r)| match r {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "the record of {what} {id} is damaged; it is left out");
+                    None
+                }
+            })
             .collect())
     }
 
@@ -414,12 +434,20 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Pod metadata of a record.
+/// The CRI config of a pod record; a damaged one is reported and read as empty (the
+/// pod's status then says so).
 fn pod_config(p: &PodRecord) -> api::PodSandboxConfig {
-    records::decode(&p.config)
+    records::decode(&p.config).unwrap_or_else(|e| {
+        tracing::error!(pod_id = %p.id, error = %e, "the pod sandbox's record is damaged");
+        Default::default()
+    })
 }
 
-/// Container config of a record.
+/// The CRI config of a container record; a damaged one is reported and read as empty
+/// (ContainerStatus then shows the container as unknown).
 fn container_config(c: &ContainerRecord) -> api::ContainerConfig {
-    records::decode(&c.config)
+    records::decode(&c.config).unwrap_or_else(|e| {
+        tracing::error!(container_id = %c.id, error = %e, "the container's record is damaged");
+        Default::default()
+    })
 }

@@ -113,7 +113,7 @@ async fn nft_blocking<T: Send + 'static>(
     op: &str,
     f: impl FnOnce() -> Result<T, NftError> + Send + 'static,
 ) -> Result<T, NftError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+    crate::blocking::spawn(f).await.unwrap_or_else(|e| {
         Err(NftError::Nft {
             op: op.to_string(),
             detail: format!("task failed: {e}"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use skiff_cri::api;
 use skiff_cri::ports::{PodPort, PortResult};
 use skiff_meta::Table;
-use skiff_shim::protocol::Request;
+use skiff_shim_proto::protocol::Request;
 use tonic::async_trait;
 
 use super::records::{CtrState, PidMode, PodRecord, PodState, encode};
@@ -125,7 +125,7 @@ fn write_pod_files(
 /// Undo what a (possibly half-made) pod holds on the host: shim, network, namespaces,
 /// shm, cgroups. Every step tolerates what is already gone and runs whatever the others
 /// did; a failed CNI DEL (which stays recorded for a retry) is returned at the end.
-async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), RuntimeError> {
+pub(super) async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), RuntimeError> {
     let mut steps = Steps::new();
     if p.shim_socket.exists() {
         let r = shim::call(&p.id, &p.shim_socket, &Request::Shutdown, Some(shim::SHORT)).await;
@@ -141,20 +141,31 @@ async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), RuntimeError> {
             let ms = if i < 50 { 1 } else { 10 };
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let _ = fs::remove_file(&p.shim_socket);
+        if let Err(e) = fs::remove_file(&p.shim_socket)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pod_id = %p.id, error = %e, "remove the shim's socket");
+        }
     }
     steps.mark("shim");
     let network = rt.teardown_network(p).await;
     steps.mark("network");
     sys::release_namespaces(&p.ns);
-    if let Some(shm) = &p.shm {
-        let _ = sys::unmount(shm);
+    if let Some(shm) = &p.shm
+        && let Err(e) = sys::unmount(shm)
+    {
+        tracing::warn!(pod_id = %p.id, error = %e, "unmount the pod's /dev/shm");
     }
     steps.mark("namespaces");
-    if let Some(cg) = &p.pause_cgroup
-        && let Err(e) = rt.cgroups.remove(cg)
-    {
-        tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
+    if let Some(cg) = p.pause_cgroup.clone() {
+        // Removing a cgroup waits (briefly) for exiting processes: off the async workers.
+        let cgroups = rt.cgroups.clone();
+        let removed = crate::blocking::spawn(move || cgroups.remove(&cg))
+            .await
+            .map_err(super::task_err("remove cgroup"))?;
+        if let Err(e) = removed {
+            tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
+        }
     }
     steps.mark("cgroups");
     tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox released");
@@ -230,7 +241,10 @@ impl Runtime {
             .make_pod(&mut rec, &c, host_net, host_ipc, sysctls, &handler)
             .await;
         match made {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                self.watch_shim(&id, rec.shim_pid);
+                Ok(id)
+            }
             Err(e) => {
                 if let Err(net) = release_pod(self, &rec).await {
                     tracing::warn!(pod_id = %id, error = %net, "undo the pod's network");
@@ -277,7 +291,7 @@ impl Runtime {
         };
         self.save_pod(rec)?;
         steps.mark("files");
-        let made = tokio::task::spawn_blocking({
+        let made = crate::blocking::spawn({
             let ns_dir = ns_dir.clone();
             move || sys::create_pod_namespaces(&ns_dir, &spec)
         })
@@ -316,7 +330,7 @@ impl Runtime {
         steps.mark("shm+cgroup");
         let started = shim::start(&shim::ShimStart {
             binary: self.shim_binary.clone(),
-            opts: skiff_shim::server::Options {
+            opts: skiff_shim_proto::options::Options {
                 pod_id: rec.id.clone(),
                 socket: rec.shim_socket.clone(),
                 dir: dir.clone(),
@@ -365,6 +379,8 @@ impl Runtime {
             }
         }
         if p.state == PodState::Ready {
+            // The shim goes down on purpose now: its end is no death.
+            self.watchers.cancel(&p.id);
             let released = release_pod(self, &p).await;
             // Containers the shim deleted are no longer running; record that.
             for mut c in self.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
@@ -403,9 +419,35 @@ impl Runtime {
         steps.mark("containers");
         self.ensure_veth_gone(&p).await;
         steps.mark("veth");
-        let _ = fs::remove_dir_all(&p.dir);
+        // Directory and cgroup removal block (a cgroup waits briefly for exiting
+        // processes): off the async workers.
+        let (rt, pod) = (self.clone(), p.clone());
+        crate::blocking::spawn(move || rt.remove_pod_files(&pod))
+            .await
+            .map_err(super::task_err("remove pod files"))?;
+        steps.mark("files+cgroups");
+        self.meta.delete(Table::PODS, &p.id)?;
+        self.release(POD_NAMES, &p.name_key);
+        steps.mark("record");
+        tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// A removed pod's directories and its own cgroup (blocking).
+    fn remove_pod_files(&self, p: &PodRecord) {
         let ns_dir = self.config.state.join("ns").join(&p.id);
-        let _ = fs::remove_dir(&ns_dir);
+        for (dir, all) in [(&p.dir, true), (&ns_dir, false)] {
+            let removed = if all {
+                fs::remove_dir_all(dir)
+            } else {
+                fs::remove_dir(dir)
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(pod_id = %p.id, path = %dir.display(), error = %e, "remove a pod directory");
+            }
+        }
         if p.cgroup_parent == format!("/skiff/{}", p.id)
             && let Err(e) = self.cgroups.remove(&p.cgroup_parent)
         {
@@ -415,12 +457,6 @@ impl Runtime {
             // The shared default parent goes with the last pod that used it.
             self.cgroups.remove_if_empty("/skiff");
         }
-        steps.mark("files+cgroups");
-        self.meta.delete(Table::PODS, &p.id)?;
-        self.release(POD_NAMES, &p.name_key);
-        steps.mark("record");
-        tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox removed");
-        Ok(())
     }
 
     pub(super) fn pod_status(&self, p: &PodRecord) -> api::PodSandboxStatus {
@@ -476,7 +512,7 @@ impl Runtime {
 /// The shim is gone: its containers' processes (re-parented to init) and the pause
 /// process are killed through the runtime and the pod's cgroups, so nothing runs on
 /// unaccounted.
-async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
+pub(super) async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
     let handler = rt.handler(&p.handler).ok();
     for c in rt
         .containers()
@@ -503,15 +539,25 @@ async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
         kill_cgroup(rt, cg);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    for c in rt
+    let paths: Vec<(String, String)> = rt
         .containers()
         .unwrap_or_default()
         .into_iter()
         .filter(|c| c.pod_id == p.id)
-    {
-        if let Err(e) = rt.cgroups.remove(&c.cgroups_path) {
-            tracing::warn!(container_id = %c.id, error = %e, "remove an orphan's cgroup");
+        .map(|c| (c.id, c.cgroups_path))
+        .collect();
+    // Removing a cgroup waits (briefly) for exiting processes: off the async workers.
+    let cgroups = rt.cgroups.clone();
+    let done = crate::blocking::spawn(move || {
+        for (id, path) in paths {
+            if let Err(e) = cgroups.remove(&path) {
+                tracing::warn!(container_id = %id, error = %e, "remove an orphan's cgroup");
+            }
         }
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::error!(pod_id = %p.id, error = %e, "cgroup removal task");
     }
 }
 
@@ -520,52 +566,47 @@ fn kill_cgroup(rt: &Runtime, path: &str) {
         if let Some(pid) = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
+            && let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+            && e != rustix::io::Errno::SRCH
         {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            tracing::warn!(cgroup = path, pid = pid.as_raw_nonzero().get(), error = %e, "kill a process left in a cgroup");
         }
     }
 }
 
-/// Reconnect after a restart: pods whose shim is gone lose their running containers
-/// (reported exited, reason `Unknown`), and their host resources are released.
+/// Reconnect after a restart: a pod whose shim answers is watched again (the shim and
+/// its running containers); one whose shim is gone is handled as a shim death while
+/// skiffd runs (its containers reported exited, reason `Unknown`, its resources released).
 pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
     for p in rt.pods()? {
         if p.state != PodState::Ready {
             continue;
         }
-        let alive = shim::call(
+        let pong = shim::call(
             &p.id,
             &p.shim_socket,
             &Request::Ping,
             Some(Duration::from_secs(5)),
         )
-        .await
-        .is_ok();
-        if alive {
-            for c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
-                if c.state == CtrState::Running {
-                    rt.watch(&c);
+        .await;
+        match pong {
+            Ok(skiff_shim_proto::protocol::Reply::Pong { pid, .. }) if pid == p.shim_pid => {
+                rt.watch_shim(&p.id, pid);
+                for c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
+                    if c.state == CtrState::Running {
+                        rt.watch(&c);
+                    }
                 }
             }
-            continue;
-        }
-        tracing::warn!(pod_id = %p.id, "the pod's shim is gone; its containers are reported exited");
-        kill_orphans(rt, &p).await;
-        for mut c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
-            if c.state != CtrState::Exited {
-                rt.settle_exit(
-                    &mut c,
-                    Some("the pod's shim died; the container's processes were lost"),
-                );
-                rt.save_container(&c)?;
+            _ => {
+                rt.shim_gone(
+                    &p.id,
+                    p.shim_pid,
+                    "the pod's shim died while skiffd was down",
+                )
+                .await?;
             }
         }
-        if let Err(e) = release_pod(rt, &p).await {
-            tracing::warn!(pod_id = %p.id, error = %e, "undo the pod's network; tried again at the next start");
-        }
-        let mut p = p;
-        p.state = PodState::NotReady;
-        rt.save_pod(&p)?;
     }
     rt.reconcile_network().await?;
     Ok(())

@@ -102,6 +102,19 @@ impl CtrState {
     }
 }
 
+/// A state change the container's state machine does not allow.
+#[derive(Debug, thiserror::Error)]
+#[error("container {id} cannot go from {from:?} to {to:?}")]
+#[must_use]
+pub struct Refused {
+    /// The container.
+    pub id: String,
+    /// Its state.
+    pub from: CtrState,
+    /// The state asked for.
+    pub to: CtrState,
+}
+
 /// The user a container runs as.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct User {
@@ -162,13 +175,18 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
-    /// Move to `next` if the edge is valid; otherwise leave the state as it is.
-    pub fn transition(&mut self, next: CtrState) -> bool {
+    /// Move to `next` if the edge is valid; a refused edge leaves the state as it is and
+    /// says so (the caller must decide what that means).
+    pub fn transition(&mut self, next: CtrState) -> Result<(), Refused> {
         if self.state.can_become(next) {
             self.state = next;
-            true
+            Ok(())
         } else {
-            false
+            Err(Refused {
+                id: self.id.clone(),
+                from: self.state,
+                to: next,
+            })
         }
     }
 
@@ -183,13 +201,17 @@ pub fn encode<M: Message>(m: &M) -> String {
     base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec())
 }
 
-/// Decode a CRI message of a record; a damaged one decodes as the default.
-pub fn decode<M: Message + Default>(s: &str) -> M {
-    base64::engine::general_purpose::STANDARD
+/// A record field that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("the recorded CRI config is damaged: {0}")]
+pub struct Damaged(String);
+
+/// Decode a CRI message of a record.
+pub fn decode<M: Message + Default>(s: &str) -> Result<M, Damaged> {
+    let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
-        .ok()
-        .and_then(|b| M::decode(b.as_slice()).ok())
-        .unwrap_or_default()
+        .map_err(|e| Damaged(format!("not base64: {e}")))?;
+    M::decode(bytes.as_slice()).map_err(|e| Damaged(e.to_string()))
 }
 
 #[cfg(test)]
@@ -213,7 +235,10 @@ mod tests {
             hostname: "h".into(),
             ..Default::default()
         };
-        assert_eq!(decode::<api::PodSandboxConfig>(&encode(&c)), c);
-        assert_eq!(decode::<api::PodSandboxConfig>("!!"), Default::default());
+        assert_eq!(decode::<api::PodSandboxConfig>(&encode(&c)).unwrap(), c);
+        let e = decode::<api::PodSandboxConfig>("!!").unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        // Valid base64, not a message.
+        assert!(decode::<api::PodSandboxConfig>("/////w==").is_err());
     }
 }

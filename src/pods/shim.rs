@@ -1,9 +1,9 @@
-//! Starting a pod's shim and talking to it (async side of `skiff_shim::protocol`).
+//! Starting a pod's shim and talking to it (async side of `skiff_shim_proto::protocol`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use skiff_shim::protocol::{Answer, Failure, FailureKind, Reply, Request};
+use skiff_shim_proto::protocol::{Answer, Failure, FailureKind, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -18,7 +18,7 @@ pub struct ShimStart {
     /// The shim binary.
     pub binary: PathBuf,
     /// What it is told on its command line.
-    pub opts: skiff_shim::server::Options,
+    pub opts: skiff_shim_proto::options::Options,
 }
 
 /// A started shim.
@@ -34,26 +34,10 @@ pub struct Started {
 pub async fn start(start: &ShimStart) -> Result<Started, RuntimeError> {
     let s = &start.opts;
     let mut cmd = tokio::process::Command::new(&start.binary);
-    cmd.arg("serve")
-        .arg("--pod")
-        .arg(&s.pod_id)
-        .arg("--socket")
-        .arg(&s.socket)
-        .arg("--dir")
-        .arg(&s.dir)
-        .arg("--runtime")
-        .arg(&s.runtime)
-        .arg("--runtime-root")
-        .arg(&s.runtime_root)
+    cmd.args(s.to_args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    if let Some(p) = &s.pause {
-        cmd.arg("--pause").arg(p);
-        for f in &s.pause_procs {
-            cmd.arg("--pause-procs").arg(f);
-        }
-    }
     let shim_err = |reason: String| RuntimeError::ShimStart {
         pod: s.pod_id.clone(),
         reason,

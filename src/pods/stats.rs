@@ -130,7 +130,7 @@ impl Runtime {
         f: impl FnOnce(&Runtime) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, RuntimeError> {
         let rt = self.clone();
-        tokio::task::spawn_blocking(move || f(&rt))
+        crate::blocking::spawn(move || f(&rt))
             .await
             .map_err(super::task_err("stats"))?
     }

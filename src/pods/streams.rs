@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use skiff_cri::api;
-use skiff_shim::protocol::{Exit, FdRole, Reply, Request};
+use skiff_shim_proto::protocol::{Exit, FdRole, Reply, Request};
 
 use super::records::{CtrState, PodState};
 use super::{Runtime, RuntimeError, container_config, shim};
@@ -210,7 +210,7 @@ impl Runtime {
             )));
         }
         let netns = p.ns.net.clone();
-        let stream = tokio::task::spawn_blocking(move || connect_in(netns.as_deref(), port))
+        let stream = crate::blocking::spawn(move || connect_in(netns.as_deref(), port))
             .await
             .map_err(super::task_err("connect"))?
             .map_err(|e| {

@@ -19,6 +19,13 @@ impl FdIo {
         Ok(FdIo(registered.map_err(io::Error::from)?))
     }
 
+    /// Wait until the fd is readable (for a pidfd: the process has exited). The
+    /// readiness is left set, so later waits return at once.
+    pub async fn readable(&self) -> io::Result<()> {
+        let _guard = self.0.readable().await?;
+        Ok(())
+    }
+
     /// Read some bytes; `Ok(0)` at end of file (also a pty whose other side closed).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

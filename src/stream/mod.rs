@@ -4,7 +4,7 @@
 //! protocol over its streams.
 
 pub mod client;
-mod fdio;
+pub(crate) mod fdio;
 mod forward;
 mod remote;
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_shim::protocol::FdRole;
+use skiff_shim_proto::protocol::FdRole;
 use skiff_spdy::{Connection, Stream, StreamReader, StreamWriter};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc::Receiver;

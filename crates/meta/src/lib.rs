@@ -244,8 +244,21 @@ impl MetaStore {
         value.map(|v| decode(table, key, v.value())).transpose()
     }
 
-    /// Every entry of `table`, in key order.
+    /// Every entry of `table`, in key order; one that does not decode fails the list.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, MetaError> {
+        self.list_each(table)?
+            .into_iter()
+            .map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Every entry of `table`, in key order, each decoded on its own: a damaged entry
+    /// is an `Err` beside the others (for lists that must go on showing the rest).
+    #[allow(clippy::type_complexity)]
+    pub fn list_each<T: DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<(String, Result<T, MetaError>)>, MetaError> {
         let txn = self.db.begin_read().map_err(db_err("begin", table))?;
         let t = match txn.open_table(table.def()) {
             Ok(t) => t,
@@ -256,7 +269,7 @@ impl MetaStore {
         for entry in t.iter().map_err(db_err("iterate", table))? {
             let (k, v) = entry.map_err(db_err("iterate", table))?;
             let key = k.value().to_string();
-            let value = decode(table, &key, v.value())?;
+            let value = decode(table, &key, v.value());
             out.push((key, value));
         }
         Ok(out)
@@ -315,6 +328,26 @@ mod tests {
                 .as_deref(),
             Some("b")
         );
+    }
+
+    #[test]
+    fn a_damaged_entry_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m.redb")).unwrap();
+        let pod = Pod {
+            name: "ok".into(),
+            ip: None,
+        };
+        store.put(Table::PODS, "a", &pod).unwrap();
+        // Not a Pod: what a damaged (or foreign) record looks like to a reader.
+        store.put(Table::PODS, "b", &[1, 2, 3]).unwrap();
+        let each = store.list_each::<Pod>(Table::PODS).unwrap();
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[0].1.as_ref().unwrap(), &pod);
+        let e = each[1].1.as_ref().unwrap_err().to_string();
+        assert!(e.contains('b'), "the error names the key: {e}");
+        // The strict list fails, naming it.
+        assert!(store.list::<Pod>(Table::PODS).is_err());
     }
 
     #[test]

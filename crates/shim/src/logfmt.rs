@@ -6,8 +6,6 @@
 //! does: a reader that joins entries gets exactly the bytes written, with no newline
 //! added.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// The longest content of one log entry, in bytes (containerd's default is 16 KiB).
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -109,13 +107,7 @@ fn entry(stream: Stream, timestamp: &str, tag: u8, content: &[u8], out: &mut Vec
     out.push(b'\n');
 }
 
-/// Now, as nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
+pub use skiff_shim_proto::clock::now_ns;
 
 /// Format `ns` since the epoch as RFC 3339 in UTC with nanoseconds,
 /// e.g. `2026-12-01T03:15:00.123456789Z`.

@@ -65,10 +65,14 @@ pub enum Forked {
     Child,
 }
 
-/// fork(2). The caller must be single-threaded.
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the shim is single-threaded at this point (checked by the caller's
-    // design: no thread is ever spawned in the shim), so the child may run Rust code.
+/// fork(2).
+///
+/// # Safety
+/// The calling process must be single-threaded: the child goes on running Rust code,
+/// which is only sound if no other thread held a lock at the fork.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees a single-threaded process (the shim never spawns a
+    // thread), so the child may run Rust code.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),

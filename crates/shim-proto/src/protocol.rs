@@ -6,10 +6,7 @@
 //! keep their connection open until the answer is known. The socket is mode 0600 and
 //! only skiffd (root) talks to it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -247,77 +244,6 @@ impl Failure {
 
 /// The result a shim sends back.
 pub type Answer = Result<Reply, Failure>;
-
-/// Errors of [`call`]: the shim could not be reached or answered garbage.
-#[derive(Debug)]
-pub enum CallError {
-    /// Connecting, writing or reading failed.
-    Io {
-        /// The shim socket.
-        socket: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The shim closed the connection without an answer or sent something unreadable.
-    Protocol {
-        /// The shim socket.
-        socket: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Io { socket, source } => {
-                write!(f, "shim at {}: {source}", socket.display())
-            }
-            CallError::Protocol { socket, reason } => {
-                write!(f, "shim at {}: {reason}", socket.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
-
-/// Send `request` to the shim at `socket` and wait up to `timeout` for its answer
-/// (`None`: no limit, for `Wait` and `Exec`). Blocking.
-pub fn call(
-    socket: &Path,
-    request: &Request,
-    timeout: Option<Duration>,
-) -> Result<Answer, CallError> {
-    let io = |source| CallError::Io {
-        socket: socket.to_path_buf(),
-        source,
-    };
-    let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream.set_read_timeout(timeout).map_err(io)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| CallError::Protocol {
-        socket: socket.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
-    let mut reader = BufReader::new(stream);
-    let mut answer = String::new();
-    let n = reader.read_line(&mut answer).map_err(io)?;
-    if n == 0 {
-        return Err(CallError::Protocol {
-            socket: socket.to_path_buf(),
-            reason: "the shim closed the connection without an answer".into(),
-        });
-    }
-    serde_json::from_str(&answer).map_err(|e| CallError::Protocol {
-        socket: socket.to_path_buf(),
-        reason: format!("unreadable answer: {e}"),
-    })
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,133 @@
+//! How a shim is started: `skiff-shim serve` and its flags, written by skiffd
+//! ([`Options::to_args`]) and read by the shim ([`Options::parse`]).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// A shim's start options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The pod sandbox id.
+    pub pod_id: String,
+    /// The control socket to listen on.
+    pub socket: PathBuf,
+    /// The pod's state directory (the shim's pid file and log go there).
+    pub dir: PathBuf,
+    /// The OCI runtime binary.
+    pub runtime: PathBuf,
+    /// The OCI runtime's `--root`.
+    pub runtime_root: PathBuf,
+    /// The pause binary to start as PID 1 of a new PID namespace, if the pod has one.
+    pub pause: Option<PathBuf>,
+    /// The `cgroup.procs` files the pause process joins.
+    pub pause_procs: Vec<PathBuf>,
+}
+
+/// The command line is not one [`Options::to_args`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl Options {
+    /// The arguments after the binary: `serve --pod ID --socket PATH …`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["serve".into()];
+        let mut flag = |name: &str, value: OsString| {
+            args.push(name.into());
+            args.push(value);
+        };
+        flag("--pod", self.pod_id.clone().into());
+        flag("--socket", self.socket.clone().into());
+        flag("--dir", self.dir.clone().into());
+        flag("--runtime", self.runtime.clone().into());
+        flag("--runtime-root", self.runtime_root.clone().into());
+        if let Some(p) = &self.pause {
+            flag("--pause", p.clone().into());
+        }
+        for f in &self.pause_procs {
+            flag("--pause-procs", f.clone().into());
+        }
+        args
+    }
+
+    /// Read the flags that follow `serve`.
+    pub fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Options, UsageError> {
+        let mut o = Options {
+            pod_id: String::new(),
+            socket: PathBuf::new(),
+            dir: PathBuf::new(),
+            runtime: PathBuf::new(),
+            runtime_root: PathBuf::new(),
+            pause: None,
+            pause_procs: Vec::new(),
+        };
+        while let Some(flag) = args.next() {
+            let flag = flag.to_string_lossy().into_owned();
+            let value = args
+                .next()
+                .ok_or_else(|| UsageError(format!("{flag} needs a value")))?;
+            match flag.as_str() {
+                "--pod" => {
+                    o.pod_id = value
+                        .into_string()
+                        .map_err(|_| UsageError("--pod is not UTF-8".into()))?
+                }
+                "--socket" => o.socket = value.into(),
+                "--dir" => o.dir = value.into(),
+                "--runtime" => o.runtime = value.into(),
+                "--runtime-root" => o.runtime_root = value.into(),
+                "--pause" => o.pause = Some(value.into()),
+                "--pause-procs" => o.pause_procs.push(value.into()),
+                other => return Err(UsageError(format!("unknown flag {other}"))),
+            }
+        }
+        for (name, missing) in [
+            ("--pod", o.pod_id.is_empty()),
+            ("--socket", o.socket.as_os_str().is_empty()),
+            ("--dir", o.dir.as_os_str().is_empty()),
+            ("--runtime", o.runtime.as_os_str().is_empty()),
+            ("--runtime-root", o.runtime_root.as_os_str().is_empty()),
+        ] {
+            if missing {
+                return Err(UsageError(format!("{name} is required")));
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_round_trip() {
+        let o = Options {
+            pod_id: "p".into(),
+            socket: "/run/s".into(),
+            dir: "/run/d".into(),
+            runtime: "/usr/bin/runc".into(),
+            runtime_root: "/run/r".into(),
+            pause: Some("/bin/pause".into()),
+            pause_procs: vec!["/a".into(), "/b".into()],
+        };
+        let args = o.to_args();
+        assert_eq!(args[0], "serve");
+        assert_eq!(Options::parse(args.into_iter().skip(1)).unwrap(), o);
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        let parse = |a: &[&str]| Options::parse(a.iter().map(OsString::from)).unwrap_err().0;
+        assert!(parse(&["--pod"]).contains("needs a value"));
+        assert!(parse(&["--nope", "x"]).contains("unknown flag"));
+        assert!(parse(&["--pod", "p"]).contains("--socket is required"));
+    }
+}
