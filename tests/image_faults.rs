@@ -85,7 +85,7 @@ fn start(
         env: vars,
         ..Default::default()
     };
-    let skiffd = Skiffd::start_in(common::skiffd_bin(), &netns, options).expect("start skiffd");
+    let skiffd = Skiffd::start_in(&common::skiffd_bin(), &netns, options).expect("start skiffd");
     Some(Env {
         skiffd,
         registry,

@@ -3,19 +3,27 @@
 
 pub mod net;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use skiff_testkit::NetNs;
 use skiff_testkit::skiffd::{Skiffd, SkiffdOptions};
 
-/// The skiffd binary cargo built for these tests.
-pub fn skiffd_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_skiffd"))
+/// The skiffd binary cargo built for these tests (`SKIFF_TEST_BIN_DIR` names another
+/// directory holding skiffd and skiff, for runs as a user who cannot read the target dir).
+pub fn skiffd_bin() -> PathBuf {
+    bin("skiffd", env!("CARGO_BIN_EXE_skiffd"))
 }
 
-/// The skiff CLI binary cargo built for these tests.
-pub fn skiff_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_skiff"))
+/// The skiff CLI binary cargo built for these tests (see [`skiffd_bin`]).
+pub fn skiff_bin() -> PathBuf {
+    bin("skiff", env!("CARGO_BIN_EXE_skiff"))
+}
+
+fn bin(name: &str, built: &str) -> PathBuf {
+    match std::env::var_os("SKIFF_TEST_BIN_DIR") {
+        Some(dir) => Path::new(&dir).join(name),
+        None => PathBuf::from(built),
+    }
 }
 
 /// A skiffd in its own network namespace; `None` (and a skip message) without root.
@@ -25,13 +33,63 @@ pub struct Env {
     pub netns: NetNs,
 }
 
+/// A skiffd for tests of the daemon itself (its socket, config, life cycle), which need
+/// no pod: as root in a fresh network namespace like [`start`]; without root, in the
+/// caller's namespace in CNI mode with an empty conf dir (so it makes no bridge and no
+/// nftables rules, which need root), as the caller.
+pub struct DaemonEnv {
+    pub skiffd: Skiffd,
+    _netns: Option<NetNs>,
+    _cni: tempfile::TempDir,
+}
+
+/// Start a skiffd for a daemon test, root or not.
+pub fn start_daemon(options: SkiffdOptions) -> DaemonEnv {
+    let cni = tempfile::tempdir().unwrap();
+    if skiff_testkit::is_root() {
+        let netns = NetNs::create("e2e").expect("create test netns");
+        let skiffd = Skiffd::start_in(&skiffd_bin(), &netns, options).expect("start skiffd");
+        return DaemonEnv {
+            skiffd,
+            _netns: Some(netns),
+            _cni: cni,
+        };
+    }
+    let mut table: toml::Table = options
+        .config_toml
+        .as_deref()
+        .map(|t| t.parse().expect("test config is TOML"))
+        .unwrap_or_default();
+    let network = table
+        .entry("network")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[network] is a table");
+    network
+        .entry("mode")
+        .or_insert_with(|| toml::Value::String("cni".into()));
+    network
+        .entry("cni_conf_dir")
+        .or_insert_with(|| toml::Value::String(cni.path().display().to_string()));
+    let options = SkiffdOptions {
+        config_toml: Some(table.to_string()),
+        ..options
+    };
+    let skiffd = Skiffd::start(&skiffd_bin(), options).expect("start skiffd");
+    DaemonEnv {
+        skiffd,
+        _netns: None,
+        _cni: cni,
+    }
+}
+
 /// Start skiffd in a fresh network namespace, or skip the test when not root.
 pub fn start(test: &str, options: SkiffdOptions) -> Option<Env> {
     if !skiff_testkit::require_root(test) {
         return None;
     }
     let netns = NetNs::create("e2e").expect("create test netns");
-    let skiffd = Skiffd::start_in(skiffd_bin(), &netns, options).expect("start skiffd");
+    let skiffd = Skiffd::start_in(&skiffd_bin(), &netns, options).expect("start skiffd");
     Some(Env { skiffd, netns })
 }
 
@@ -94,7 +152,7 @@ pub fn start_with_registry(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let skiffd = Skiffd::start_in(skiffd_bin(), &netns, options).expect("start skiffd");
+    let skiffd = Skiffd::start_in(&skiffd_bin(), &netns, options).expect("start skiffd");
     Some(RegistryEnv {
         skiffd,
         registry,

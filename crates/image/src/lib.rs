@@ -10,6 +10,7 @@ pub mod digest;
 pub mod error;
 pub mod hosts;
 mod import;
+pub mod parse;
 pub mod pipeline;
 pub mod progress;
 pub mod reference;

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use oci_client::secrets::RegistryAuth;
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use skiff_meta::MetaStore;
 use tokio::sync::{Mutex as AsyncMutex, RwLock};
 
@@ -265,95 +264,51 @@ impl Images {
     ) -> Result<ImageRecord, ImageError> {
         let name = remote.name.clone();
         let (top_bytes, top_digest) = self.retry("manifest", || remote.manifest(None)).await?;
-        let top: serde_json::Value =
-            serde_json::from_slice(&top_bytes).map_err(|e| malformed(&name, "manifest", e))?;
-        let is_index = top.get("manifests").is_some()
-            || matches!(
-                top.get("mediaType").and_then(|m| m.as_str()),
-                Some("application/vnd.oci.image.index.v1+json")
-                    | Some("application/vnd.docker.distribution.manifest.list.v2+json")
-            );
-        let (manifest_bytes, manifest_digest, index) = if is_index {
-            let index: ImageIndex =
-                serde_json::from_slice(&top_bytes).map_err(|e| malformed(&name, "index", e))?;
-            let arch = goarch();
-            let chosen = index
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform().as_ref().is_some_and(|p| {
-                        p.os().to_string() == "linux" && p.architecture().to_string() == arch
-                    })
-                })
-                .ok_or_else(|| ImageError::Unsupported {
-                    reference: name.clone(),
-                    what: "platform",
-                    value: format!("the index has no linux/{arch} manifest"),
-                })?;
-            let d = Digest::parse(chosen.digest().as_ref())
-                .map_err(|e| malformed(&name, "index", e))?;
-            let (bytes, digest) = self.retry("manifest", || remote.manifest(Some(&d))).await?;
-            (bytes, digest, Some((top_bytes, top_digest.clone())))
-        } else {
-            (top_bytes, top_digest.clone(), None)
-        };
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| malformed(&name, "manifest", e))?;
-        if manifest.schema_version() != 2 {
-            return Err(ImageError::Unsupported {
+        let parse_err = |e: crate::parse::ParseError| match e {
+            crate::parse::ParseError::Malformed { what, reason } => malformed(&name, what, reason),
+            crate::parse::ParseError::Unsupported { what, value } => ImageError::Unsupported {
                 reference: name.clone(),
-                what: "manifest schema version",
-                value: manifest.schema_version().to_string(),
-            });
-        }
-        let config_desc = manifest.config();
-        let config_digest = Digest::parse(config_desc.digest().as_ref())
-            .map_err(|e| malformed(&name, "manifest", e))?;
+                what,
+                value,
+            },
+        };
+        let (manifest_bytes, manifest_digest, index) = match crate::parse::top(&top_bytes, goarch())
+            .map_err(parse_err)?
+        {
+            crate::parse::Top::Index(d) => {
+                let (bytes, digest) = self.retry("manifest", || remote.manifest(Some(&d))).await?;
+                (bytes, digest, Some((top_bytes, top_digest.clone())))
+            }
+            crate::parse::Top::Manifest => (top_bytes, top_digest.clone(), None),
+        };
+        let manifest = crate::parse::manifest(&manifest_bytes).map_err(parse_err)?;
         let config_bytes = self
             .retry("config", || {
-                remote.small_blob(&config_digest, config_desc.size(), MAX_CONFIG_BYTES)
+                remote.small_blob(
+                    &manifest.config_digest,
+                    manifest.config_size,
+                    MAX_CONFIG_BYTES,
+                )
             })
             .await?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|e| malformed(&name, "config", e))?;
-        let diff_ids: Vec<Digest> = config
-            .rootfs()
-            .diff_ids()
-            .iter()
-            .map(|d| Digest::parse(d))
-            .collect::<Result<_, _>>()
-            .map_err(|e| malformed(&name, "config", e))?;
-        if diff_ids.len() != manifest.layers().len() {
-            return Err(malformed(
-                &name,
-                "config",
-                format!(
-                    "{} diff_ids for {} layers",
-                    diff_ids.len(),
-                    manifest.layers().len()
-                ),
-            ));
-        }
-        let chain_ids = Digest::chain_ids(&diff_ids);
-        let mut layers = Vec::new();
-        for (i, l) in manifest.layers().iter().enumerate() {
-            let media_type = l.media_type().to_string();
-            if Compression::of_media_type(&media_type).is_none() {
-                return Err(ImageError::Unsupported {
-                    reference: name.clone(),
-                    what: "layer media type",
-                    value: media_type,
-                });
-            }
-            layers.push(LayerRecord {
-                digest: Digest::parse(l.digest().as_ref())
-                    .map_err(|e| malformed(&name, "manifest", e))?,
+        let crate::parse::Config {
+            config,
+            diff_ids,
+            chain_ids,
+        } = crate::parse::config(&config_bytes, manifest.layers.len()).map_err(parse_err)?;
+        let config_digest = manifest.config_digest.clone();
+        let layers: Vec<LayerRecord> = manifest
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| LayerRecord {
+                digest: l.digest,
                 diff_id: diff_ids[i].clone(),
                 chain_id: chain_ids[i].clone(),
-                media_type,
-                size: l.size(),
-            });
-        }
+                media_type: l.media_type,
+                size: l.size,
+            })
+            .collect();
 
         // All layers at once; each one streams through its own pipeline.
         let progress =
