@@ -154,6 +154,11 @@ pub struct HandlerSection {
 pub struct StreamingSection {
     /// `host:port` of the streaming server.
     pub address: Option<String>,
+    /// Seconds a streaming session may move no byte before it is closed (default 14400,
+    /// the kubelet's `streamingConnectionIdleTimeout`).
+    pub idle_timeout: Option<u64>,
+    /// Streaming sessions at once (default 1000); more are refused with 503.
+    pub max_sessions: Option<usize>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -240,6 +245,9 @@ pub struct Config {
     pub handlers: BTreeMap<String, Handler>,
     /// The streaming server address.
     pub streaming_address: SocketAddr,
+    /// The streaming server's session bounds.
+    #[serde(skip)]
+    pub streaming_limits: crate::stream::Limits,
     /// The host's cgroup layout, as detected.
     pub cgroup_mode: CgroupMode,
 }
@@ -459,6 +467,30 @@ impl Config {
             )
         })?;
 
+        let defaults = crate::stream::Limits::default();
+        let streaming_limits = crate::stream::Limits {
+            idle_timeout: match file.streaming.idle_timeout {
+                None => defaults.idle_timeout,
+                Some(s) if s > 0 => std::time::Duration::from_secs(s),
+                Some(_) => {
+                    return Err(invalid(
+                        "streaming.idle_timeout",
+                        "must be at least 1 second".into(),
+                    ));
+                }
+            },
+            max_sessions: match file.streaming.max_sessions {
+                None => defaults.max_sessions,
+                Some(n) if (1..=1_000_000).contains(&n) => n,
+                Some(n) => {
+                    return Err(invalid(
+                        "streaming.max_sessions",
+                        format!("{n} is not between 1 and 1000000"),
+                    ));
+                }
+            },
+        };
+
         let path_or =
             |p: &Option<PathBuf>, key: &str, default: &str| -> Result<PathBuf, ConfigError> {
                 let p = p.clone().unwrap_or_else(|| PathBuf::from(default));
@@ -492,6 +524,7 @@ impl Config {
             shim_liveness_timeout,
             handlers,
             streaming_address,
+            streaming_limits,
             cgroup_mode,
             file: path,
             root,

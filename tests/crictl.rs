@@ -414,3 +414,127 @@ fn env_nc(env: &RegistryEnv, port: u16) -> String {
         }
     })
 }
+
+/// crictl's WebSocket transport (`--transport websocket`): exec with and without stdin,
+/// a failing command, attach, and port-forward (SPDY tunnelled in a WebSocket, as
+/// client-go dials it).
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_websocket_transport() {
+    let Some((env, bin)) = setup("crictl_websocket_transport").await else {
+        return;
+    };
+    let logs = tempfile::tempdir().unwrap();
+    let c = Crictl {
+        bin,
+        env: &env,
+        config_dir: tempfile::tempdir().unwrap(),
+    };
+    tokio::task::block_in_place(|| websocket(&c, logs.path()));
+}
+
+fn websocket(c: &Crictl<'_>, logs: &Path) {
+    c.ok(&["pull", IMAGE]);
+    let pod = c.file(
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "ws-pod", "namespace": "default", "uid": "ws-uid"},
+            "log_directory": logs.display().to_string(),
+            "linux": {}
+        }),
+    );
+    let web = c.file(
+        "web.json",
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "image": {"image": IMAGE},
+            "command": ["sh", "-c", "while true; do nc -l -p 8080 -e echo pong; done"],
+            "log_path": "web.log",
+            "linux": {}
+        }),
+    );
+    let cat = c.file(
+        "cat.json",
+        serde_json::json!({
+            "metadata": {"name": "cat"},
+            "image": {"image": IMAGE},
+            "command": ["cat"],
+            "stdin": true,
+            "log_path": "cat.log",
+            "linux": {}
+        }),
+    );
+    let pod_id = c.ok(&["runp", &pod]).trim().to_string();
+    let web_id = c.ok(&["create", &pod_id, &web, &pod]).trim().to_string();
+    let cat_id = c.ok(&["create", &pod_id, &cat, &pod]).trim().to_string();
+    c.ok(&["start", &web_id, &cat_id]);
+    let w = "--transport=websocket";
+    assert_eq!(
+        c.ok(&["exec", w, &web_id, "echo", "over-websocket"]).trim(),
+        "over-websocket"
+    );
+    let failed = c
+        .command(&["exec", w, &web_id, "sh", "-c", "exit 3"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "{failed:?}");
+    let mut with_stdin = c
+        .command(&["exec", w, "-i", &web_id, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    with_stdin
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"stdin over websocket\n")
+        .unwrap();
+    let out = with_stdin.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stdin over websocket\n"
+    );
+
+    let mut attach = c
+        .command(&["attach", "--transport", "websocket", "-i", &cat_id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = attach.stdin.take().unwrap();
+    stdin.write_all(b"attached\n").unwrap();
+    let mut echoed = String::new();
+    BufReader::new(attach.stdout.take().unwrap())
+        .read_line(&mut echoed)
+        .unwrap();
+    drop(stdin);
+    let _ = attach.wait();
+    assert_eq!(echoed, "attached\n");
+
+    let mut forward = c
+        .command(&[
+            "port-forward",
+            "--transport",
+            "websocket",
+            &pod_id,
+            "18081:8080",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (said, rx) = std::sync::mpsc::channel();
+    let out = forward.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(first.contains("18081"), "port-forward said: {first}");
+    let answer = env_nc(c.env, 18081);
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(answer.trim(), "pong");
+    c.ok(&["rmp", "-f", &pod_id]);
+}

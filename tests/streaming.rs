@@ -71,7 +71,12 @@ fn enter(env: &RegistryEnv) {
 }
 
 async fn setup(test: &str) -> Option<(RegistryEnv, CriClient)> {
-    let env = common::start_with_registry(test, "", &[])?;
+    setup_with(test, "").await
+}
+
+/// [`setup`] with extra skiffd config.
+async fn setup_with(test: &str, extra: &str) -> Option<(RegistryEnv, CriClient)> {
+    let env = common::start_with_registry(test, extra, &[])?;
     let image = ImageBuilder::new()
         .layer(busybox_layer(Compression::Gzip).unwrap())
         .cmd(["sh"])
@@ -359,8 +364,8 @@ async fn bad_streaming_requests_are_refused() {
         .expect_err("unknown token");
     assert!(e.to_string().contains("404"), "{e}");
 
-    // A WebSocket attempt is refused with 400 and leaves the URL usable (clients fall
-    // back to SPDY with the same URL).
+    // A WebSocket attempt with a protocol skiff does not speak is refused with 400 and
+    // leaves the URL usable (clients fall back to SPDY with the same URL).
     let url = exec_url(&mut c, &id, &["echo", "fallback"], false, false).await;
     let rest = url.strip_prefix("http://").unwrap();
     let (addr, path) = rest.split_once('/').unwrap();
@@ -369,7 +374,7 @@ async fn bad_streaming_requests_are_refused() {
         tcp,
         "GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+         Sec-WebSocket-Protocol: v9.channel.k8s.io\r\n\r\n"
     )
     .unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -766,4 +771,165 @@ async fn a_slow_attach_client_gets_all_the_output() {
     assert_eq!(text.len(), want.len(), "bytes received");
     assert!(text == want, "the output arrived out of order or with gaps");
     drop(env);
+}
+
+/// A WebSocket client for `url` offering `protocols` (from inside the test namespace).
+async fn ws_connect(
+    url: &str,
+    protocols: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    let host = req.uri().authority().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    Ok(ws)
+}
+
+/// Read channel frames until the session closes; (stdout, error channel) text.
+async fn ws_drain(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> (String, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Binary(b) = m {
+            match b.first() {
+                Some(1) => out.extend_from_slice(&b[1..]),
+                Some(3) => err.extend_from_slice(&b[1..]),
+                _ => {}
+            }
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn websocket_exec_and_bad_input() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some((env, mut c)) = setup_with(
+        "websocket_exec_and_bad_input",
+        "[streaming]\nidle_timeout = 2\nmax_sessions = 3\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let (_pod, ctr) = pod_with(&mut c, "wsbad", &logs, |_| {}).await;
+
+    // A protocol nobody speaks: refused, naming what is supported, and the URL stays
+    // usable (only a session uses it up).
+    let url = exec_url(
+        &mut c,
+        &ctr,
+        &["sh", "-c", "echo out; exit 4"],
+        false,
+        false,
+    )
+    .await;
+    let e = ws_connect(&url, "nope.k8s.io").await.unwrap_err();
+    assert!(e.to_string().contains("400"), "{e}");
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let (out, status) = ws_drain(&mut ws).await;
+    assert_eq!(out, "out\n");
+    assert!(
+        status.contains("NonZeroExitCode") && status.contains("\"4\""),
+        "{status}"
+    );
+    // The base64 text protocol.
+    let url = exec_url(&mut c, &ctr, &["echo", "b64"], false, false).await;
+    let mut ws = ws_connect(&url, "base64.channel.k8s.io").await.unwrap();
+    let mut text = String::new();
+    {
+        use futures_util::StreamExt;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m {
+                text.push_str(&t);
+                text.push('|');
+            }
+        }
+    }
+    assert!(
+        text.contains("1YjY0Cg=="),
+        "stdout 'b64\\n' as channel 1 in base64: {text}"
+    );
+
+    // A frame larger than allowed ends the session; skiffd serves on.
+    let url = exec_url(&mut c, &ctr, &["cat"], true, false).await;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let mut big = vec![0u8; 2 << 20];
+    big[0] = 0;
+    let _ = ws.send(Message::Binary(big.into())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), ws_drain(&mut ws)).await;
+    assert!(ended.is_ok(), "an oversized frame must end the session");
+
+    // A client that dies in the middle of a frame: the session ends, nothing hangs.
+    let url = exec_url(&mut c, &ctr, &["cat"], true, false).await;
+    let ws = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let mut tcp = ws.into_inner();
+    // A masked binary frame header announcing 1000 bytes, then 10 of them, then EOF.
+    tcp.write_all(&[0x82, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    tcp.write_all(&[0u8; 10]).await.unwrap();
+    drop(tcp);
+
+    // Idle sessions end after the idle timeout (2 s here).
+    let url = exec_url(&mut c, &ctr, &["sleep", "30"], false, false).await;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), ws_drain(&mut ws))
+        .await
+        .expect("the idle session ends");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // Sessions are bounded (3 here): a fourth is refused with 503 while three run.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let url = exec_url(&mut c, &ctr, &["sleep", "1"], false, false).await;
+        open.push(ws_connect(&url, "v5.channel.k8s.io").await.unwrap());
+    }
+    let url = exec_url(&mut c, &ctr, &["true"], false, false).await;
+    let e = ws_connect(&url, "v5.channel.k8s.io").await.unwrap_err();
+    assert!(e.to_string().contains("503"), "{e}");
+    for mut ws in open {
+        ws_drain(&mut ws).await;
+    }
+
+    // Thousands of connections that never send a request: skiffd keeps serving.
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let url = exec_url(&mut c, &ctr, &["echo", "still"], false, false).await;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await.unwrap();
+    let (out, _) = ws_drain(&mut ws).await;
+    assert_eq!(out, "still\n");
+    // They are closed after the header timeout.
+    let mut first = idle.swap_remove(0);
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(20), first.read(&mut buf))
+        .await
+        .expect("an idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
 }

@@ -61,7 +61,8 @@ impl Runtime {
         if let Some(s) = self.streaming.get() {
             return Ok(s.base().to_string());
         }
-        let (server, listener) = crate::stream::Server::bind(addr).await?;
+        let (server, listener) =
+            crate::stream::Server::bind(addr, self.config.streaming_limits).await?;
         let base = server.base().to_string();
         if self.streaming.set(server.clone()).is_ok() {
             tokio::spawn(server.serve(listener, self.clone()));

@@ -226,6 +226,9 @@ impl PortForwarder {
             }
             msg
         };
+        let activity = super::chan::Activity::new();
+        let data_in = super::chan::ChanReader::Spdy(data_in, activity.clone());
+        let data_out = super::chan::ChanWriter::Spdy(data_out, activity);
         let ((), msg) = tokio::join!(super::splice_tcp(local, data_in, &data_out), err);
         Ok((!msg.is_empty()).then(|| String::from_utf8_lossy(&msg).into_owned()))
     }

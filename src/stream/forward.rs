@@ -1,10 +1,12 @@
-//! Kubernetes' port-forward protocol over SPDY streams.
+//! Kubernetes' port-forward protocol, over SPDY streams (also SPDY tunnelled in a
+//! WebSocket) or WebSocket channels.
 //!
-//! For each forwarded connection the client opens two streams carrying the same
-//! `requestid` and `port` headers: `streamtype: error` (the server writes a message
-//! there if the port cannot be reached) and `streamtype: data` (the bytes). The
-//! server connects to the port on the pod's loopback from inside the pod's network
-//! namespace and copies both ways.
+//! Over SPDY, for each forwarded connection the client opens two streams carrying the
+//! same `requestid` and `port` headers: `streamtype: error` (the server writes a message
+//! there if the port cannot be reached) and `streamtype: data` (the bytes). Over
+//! WebSocket channels, the ports come in the URL and channel 2i / 2i+1 are port i's
+//! data and error. The server connects to the port on the pod's loopback from inside
+//! the pod's network namespace and copies both ways.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,9 @@ use std::sync::Arc;
 use skiff_spdy::{Connection, Stream};
 use tokio::sync::mpsc::Receiver;
 
+use super::Limits;
+use super::chan::{Activity, ChanReader, ChanWriter};
+use super::ws::{Codec, Mux, Ws};
 use crate::pods::Runtime;
 
 /// How many half-opened stream pairs one connection may hold.
@@ -29,7 +34,17 @@ pub async fn serve(
     mut incoming: Receiver<Stream>,
     pod: String,
     runtime: Arc<Runtime>,
+    limits: Limits,
 ) {
+    let activity = Activity::new();
+    let idle = {
+        let (activity, conn) = (activity.clone(), conn.clone());
+        tokio::spawn(async move {
+            activity.idle_for(limits.idle_timeout).await;
+            tracing::debug!("port-forward idle for {:?}; closed", limits.idle_timeout);
+            conn.close().await;
+        })
+    };
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = incoming.recv().await {
         let kind = stream.header("streamtype").unwrap_or("").to_string();
@@ -73,23 +88,79 @@ pub async fn serve(
                 continue;
             };
             let conn = conn.clone();
-            let (pod, runtime) = (pod.clone(), runtime.clone());
+            let (pod, runtime, activity) = (pod.clone(), runtime.clone(), activity.clone());
             tokio::spawn(async move {
+                let error_out = ChanWriter::Spdy(error.split().1, activity.clone());
+                let (data_in, data_out) = data.split();
+                let data_in = ChanReader::Spdy(data_in, activity.clone());
+                let data_out = ChanWriter::Spdy(data_out, activity);
                 // The connection's end ends the forwarded connection too.
                 tokio::select! {
-                    () = forward(error, data, port, pod, runtime) => {}
+                    () = forward(error_out, data_in, data_out, port, pod, runtime) => {}
                     () = conn.closed() => {}
                 }
             });
         }
     }
+    idle.abort();
     conn.close().await;
 }
 
+/// Serve port forwarding on WebSocket channels: `ports` from the URL, port i on
+/// channels 2i (data) and 2i+1 (error), each opened by the port number (two bytes,
+/// little-endian) as the kubelet does; one connection per port.
+pub async fn serve_ws(
+    ws: Ws,
+    protocol: &str,
+    ports: Vec<u16>,
+    pod: String,
+    runtime: Arc<Runtime>,
+    limits: Limits,
+) {
+    let activity = Activity::new();
+    let inbound: Vec<u8> = (0..ports.len())
+        .filter_map(|i| u8::try_from(2 * i).ok())
+        .collect();
+    let mut mux = Mux::start(ws, Codec::of(protocol), &inbound, activity.clone());
+    let mut done = mux.take_done();
+    let mut forwards = tokio::task::JoinSet::new();
+    for (i, port) in ports.into_iter().enumerate() {
+        let (Ok(d), Ok(e)) = (u8::try_from(2 * i), u8::try_from(2 * i + 1)) else {
+            break;
+        };
+        let (data_out, error_out) = (ChanWriter::Ws(mux.writer(d)), ChanWriter::Ws(mux.writer(e)));
+        let Some(data_in) = mux.reader(d) else {
+            continue;
+        };
+        let (pod, runtime) = (pod.clone(), runtime.clone());
+        forwards.spawn(async move {
+            let opening = port.to_le_bytes();
+            if data_out.send(&opening).await.is_err() || error_out.send(&opening).await.is_err() {
+                return;
+            }
+            forward(error_out, data_in, data_out, port, pod, runtime).await;
+        });
+    }
+    drop(mux);
+    let all = async { while forwards.join_next().await.is_some() {} };
+    tokio::select! {
+        () = all => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut done).await;
+        }
+        _ = &mut done => {}
+        () = activity.idle_for(limits.idle_timeout) => {}
+    }
+}
+
 /// One forwarded connection.
-async fn forward(error: Stream, data: Stream, port: u16, pod: String, runtime: Arc<Runtime>) {
-    let (_error_in, error_out) = error.split();
-    let (data_in, data_out) = data.split();
+async fn forward(
+    error_out: ChanWriter,
+    data_in: ChanReader,
+    data_out: ChanWriter,
+    port: u16,
+    pod: String,
+    runtime: Arc<Runtime>,
+) {
     let tcp = match runtime.connect_in_pod(&pod, port).await {
         Ok(t) => t,
         Err(e) => {

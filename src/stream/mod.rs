@@ -1,12 +1,15 @@
 //! The streaming server: Exec, Attach and PortForward hand out single-use URLs on it;
 //! clients (the kubelet, crictl, `skiff exec -it`) connect there, upgrade the HTTP/1.1
-//! connection to SPDY/3.1 and speak Kubernetes' remote-command or port-forward
-//! protocol over its streams.
+//! connection to SPDY/3.1 or to a WebSocket (the request chooses) and speak
+//! Kubernetes' remote-command or port-forward protocol over it. Sessions are bounded
+//! in number and end after an idle timeout, as the kubelet's.
 
+mod chan;
 pub mod client;
 pub(crate) mod fdio;
 mod forward;
 mod remote;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,6 +31,8 @@ use crate::pods::{Runtime, RuntimeError};
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
 /// How many URLs may wait at once.
 const MAX_PENDING: usize = 1000;
+/// How long a client may take to send its request line and headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to open its streams after the upgrade.
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -91,27 +96,58 @@ pub struct StdioOpts {
     pub tty: bool,
 }
 
+/// What bounds the server's sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A session that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions at once; more are refused with 503.
+    pub max_sessions: usize,
+}
+
+impl Default for Limits {
+    /// The kubelet's idle timeout (4 h) and 1000 sessions.
+    fn default() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(4 * 3600),
+            max_sessions: 1000,
+        }
+    }
+}
+
 /// The server: where it listens and the URLs it has handed out.
 pub struct Server {
     base: String,
     ttl: Duration,
     tokens: Mutex<HashMap<String, (Instant, Pending)>>,
+    limits: Limits,
+    sessions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
     /// Bind `addr` (port 0: an ephemeral port).
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Arc<Server>, TcpListener)> {
+    pub async fn bind(
+        addr: SocketAddr,
+        limits: Limits,
+    ) -> std::io::Result<(Arc<Server>, TcpListener)> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        Ok((Arc::new(Server::new(local, TOKEN_TTL)), listener))
+        Ok((Arc::new(Server::new(local, TOKEN_TTL, limits)), listener))
     }
 
-    fn new(local: SocketAddr, ttl: Duration) -> Server {
+    fn new(local: SocketAddr, ttl: Duration, limits: Limits) -> Server {
         Server {
             base: format!("http://{local}"),
             ttl,
             tokens: Mutex::new(HashMap::new()),
+            limits,
+            sessions: Arc::new(tokio::sync::Semaphore::new(limits.max_sessions)),
         }
+    }
+
+    /// Sessions running now.
+    pub fn sessions(&self) -> usize {
+        self.limits.max_sessions - self.sessions.available_permits()
     }
 
     /// The URL prefix, `http://host:port`.
@@ -164,7 +200,11 @@ impl Server {
                     let runtime = runtime.clone();
                     async move { Ok::<_, Infallible>(server.handle(req, runtime)) }
                 });
+                // A connection that never sends its request is closed after
+                // HEADER_TIMEOUT: thousands of idle sockets cost skiffd nothing lasting.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades()
                     .await;
@@ -193,10 +233,7 @@ impl Server {
             })
         };
         if has("upgrade", "websocket") {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "websocket streaming is not supported by skiff yet; use SPDY/3.1",
-            );
+            return self.handle_ws(req, kind, token, runtime);
         }
         if !has("connection", "upgrade") || !has("upgrade", "SPDY/3.1") {
             return text(
@@ -229,6 +266,9 @@ impl Server {
                 return resp;
             }
         };
+        let Some(permit) = self.permit() else {
+            return busy();
+        };
         // Only a request that becomes a session uses the token up: a client that tries
         // WebSocket first and falls back to SPDY keeps its URL.
         let Some(pending) = self.take(kind, token) else {
@@ -239,7 +279,9 @@ impl Server {
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let proto = protocol.clone();
+        let limits = self.limits;
         tokio::spawn(async move {
+            let _permit = permit;
             let io = match upgrade.await {
                 Ok(up) => TokioIo::new(up),
                 Err(e) => {
@@ -248,19 +290,7 @@ impl Server {
                 }
             };
             let (conn, incoming) = skiff_spdy::Connection::server(io);
-            match pending {
-                Pending::PortForward { pod } => {
-                    forward::serve(conn, incoming, pod, runtime).await;
-                }
-                Pending::Exec { container, cmd, io } => {
-                    let what = remote::What::Exec { container, cmd };
-                    remote::serve(conn, incoming, proto.as_deref(), io, what, runtime).await;
-                }
-                Pending::Attach { container, io } => {
-                    let what = remote::What::Attach { container };
-                    remote::serve(conn, incoming, proto.as_deref(), io, what, runtime).await;
-                }
-            }
+            serve_spdy(conn, incoming, pending, proto.as_deref(), runtime, limits).await;
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -279,14 +309,189 @@ impl Server {
     }
 }
 
+/// One session over SPDY (plain, or tunnelled in a WebSocket).
+async fn serve_spdy(
+    conn: skiff_spdy::Connection,
+    incoming: tokio::sync::mpsc::Receiver<skiff_spdy::Stream>,
+    pending: Pending,
+    protocol: Option<&str>,
+    runtime: Arc<Runtime>,
+    limits: Limits,
+) {
+    match pending {
+        Pending::PortForward { pod } => {
+            forward::serve(conn, incoming, pod, runtime, limits).await;
+        }
+        Pending::Exec { container, cmd, io } => {
+            let what = remote::What::Exec { container, cmd };
+            remote::serve(conn, incoming, protocol, io, what, runtime, limits).await;
+        }
+        Pending::Attach { container, io } => {
+            let what = remote::What::Attach { container };
+            remote::serve(conn, incoming, protocol, io, what, runtime, limits).await;
+        }
+    }
+}
+
+impl Server {
+    fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.sessions.clone().try_acquire_owned().ok()
+    }
+
+    /// A WebSocket upgrade request for `kind` / `token`.
+    fn handle_ws(
+        &self,
+        mut req: Request<Incoming>,
+        kind: &str,
+        token: &str,
+        runtime: Arc<Runtime>,
+    ) -> Response<Full<Bytes>> {
+        let headers = req.headers();
+        let Some(key) = headers
+            .get("sec-websocket-key")
+            .map(|k| k.as_bytes().to_vec())
+        else {
+            return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        };
+        if headers
+            .get("sec-websocket-version")
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            let mut resp = text(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
+            resp.headers_mut()
+                .insert("sec-websocket-version", "13".parse().expect("static"));
+            return resp;
+        }
+        let offered: Vec<String> = headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let supported = if kind == "portforward" {
+            ws::PORT_FORWARD_WS_PROTOCOLS
+        } else {
+            ws::REMOTE_WS_PROTOCOLS
+        };
+        // The client's order wins, as the kubelet's; no protocol at all is the plain
+        // channel protocol.
+        let protocol = if offered.is_empty() {
+            if kind == "portforward" {
+                "portforward.k8s.io".to_string()
+            } else {
+                "channel.k8s.io".to_string()
+            }
+        } else {
+            match offered.iter().find(|p| supported.contains(&p.as_str())) {
+                Some(p) => p.clone(),
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "requested protocol(s) are not supported: {offered:?}; supports {supported:?}"
+                        ),
+                    );
+                }
+            }
+        };
+        let ports: Vec<u16> = if kind == "portforward" && !protocol.starts_with("SPDY/") {
+            let query = req.uri().query().unwrap_or("");
+            let mut ports = Vec::new();
+            for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+                if k != "port" {
+                    continue;
+                }
+                match v.parse::<u16>() {
+                    Ok(p) if p > 0 => ports.push(p),
+                    _ => {
+                        return text(StatusCode::BAD_REQUEST, &format!("invalid port {v:?}"));
+                    }
+                }
+            }
+            if ports.is_empty() {
+                return text(StatusCode::BAD_REQUEST, "no port to forward (?port=N)");
+            }
+            ports
+        } else {
+            Vec::new()
+        };
+        let Some(permit) = self.permit() else {
+            return busy();
+        };
+        let Some(pending) = self.take(kind, token) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "unknown, used or expired streaming token",
+            );
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let limits = self.limits;
+        let chosen = protocol.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let up = match upgrade.await {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let socket = ws::from_upgraded(up).await;
+            match pending {
+                Pending::PortForward { pod } if chosen.starts_with("SPDY/") => {
+                    let (conn, incoming) = skiff_spdy::Connection::server(ws::Tunnel::new(socket));
+                    forward::serve(conn, incoming, pod, runtime, limits).await;
+                }
+                Pending::PortForward { pod } => {
+                    forward::serve_ws(socket, &chosen, ports, pod, runtime, limits).await;
+                }
+                Pending::Exec { container, cmd, io } => {
+                    let what = remote::What::Exec { container, cmd };
+                    remote::serve_ws(socket, &chosen, io, what, runtime, limits).await;
+                }
+                Pending::Attach { container, io } => {
+                    let what = remote::What::Attach { container };
+                    remote::serve_ws(socket, &chosen, io, what, runtime, limits).await;
+                }
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(
+            hyper::header::CONNECTION,
+            "Upgrade".parse().expect("static"),
+        );
+        h.insert(hyper::header::UPGRADE, "websocket".parse().expect("static"));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&ws::accept_key(&key)) {
+            h.insert("sec-websocket-accept", v);
+        }
+        if !offered.is_empty()
+            && let Ok(v) = hyper::header::HeaderValue::from_str(&protocol)
+        {
+            h.insert("sec-websocket-protocol", v);
+        }
+        resp
+    }
+}
+
+fn busy() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many streaming sessions; try again later",
+    )
+}
+
 /// Copy between a TCP connection and a SPDY stream: TCP EOF becomes FIN on the stream,
 /// the stream's FIN a TCP half-close. Once one direction has ended the other gets
 /// [`FORWARD_LINGER`] more (containerd's rule: a peer that waits for the other side to
 /// close first cannot hang the connection), then both are closed.
 pub(crate) async fn splice_tcp(
     tcp: tokio::net::TcpStream,
-    mut from_peer: skiff_spdy::StreamReader,
-    to_peer: &skiff_spdy::StreamWriter,
+    mut from_peer: chan::ChanReader,
+    to_peer: &chan::ChanWriter,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, mut wr) = tcp.into_split();
@@ -343,7 +548,7 @@ mod tests {
     use super::*;
 
     fn server(ttl: Duration) -> Server {
-        Server::new("127.0.0.1:1234".parse().unwrap(), ttl)
+        Server::new("127.0.0.1:1234".parse().unwrap(), ttl, Limits::default())
     }
 
     #[test]

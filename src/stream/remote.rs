@@ -1,24 +1,28 @@
-//! Kubernetes' remote-command protocol (exec and attach) over SPDY streams.
+//! Kubernetes' remote-command protocol (exec and attach), over SPDY streams or a
+//! WebSocket.
 //!
-//! The client opens one stream per channel, each named by its `streamtype` header:
-//! `error`, `stdin`, `stdout`, `stderr` and (with a tty, protocol v3 and later)
-//! `resize`. The session starts once all the streams the request asked for exist.
-//! Output ends with FIN on its stream; the outcome is written to `error` — JSON
-//! `metav1.Status` from v4 on (exit codes as a `NonZeroExitCode` cause), plain text
-//! before — and then the connection is closed.
+//! Over SPDY the client opens one stream per channel, each named by its `streamtype`
+//! header: `error`, `stdin`, `stdout`, `stderr` and (with a tty, protocol v3 and later)
+//! `resize`; the session starts once all the streams the request asked for exist. Over
+//! WebSocket the channels are numbered frames on one connection (`ws`). Either way,
+//! output ends with the channel's end (FIN; the v5 close signal); the outcome is written
+//! to `error` — JSON `metav1.Status` from v4 on (exit codes as a `NonZeroExitCode`
+//! cause), plain text before — and then the connection is closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_shim_proto::protocol::FdRole;
-use skiff_spdy::{Connection, Stream, StreamReader, StreamWriter};
+use skiff_spdy::{Connection, Stream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc::Receiver;
 
 use tokio::task::JoinSet;
 
+use super::chan::{Activity, ChanReader, ChanWriter};
 use super::fdio::FdIo;
-use super::{STREAM_CREATION_TIMEOUT, StdioOpts};
+use super::ws::{Codec, Mux, Ws};
+use super::{Limits, STREAM_CREATION_TIMEOUT, StdioOpts};
 use crate::pods::Runtime;
 
 /// How long output may keep flowing after an exec's process exited (a child it left
@@ -45,7 +49,7 @@ pub enum What {
 pub(super) fn version(protocol: Option<&str>) -> u8 {
     match protocol {
         Some("v5.channel.k8s.io") => 5,
-        Some("v4.channel.k8s.io") => 4,
+        Some("v4.channel.k8s.io" | "v4.base64.channel.k8s.io") => 4,
         Some("v3.channel.k8s.io") => 3,
         Some("v2.channel.k8s.io") => 2,
         _ => 1,
@@ -141,7 +145,16 @@ async fn channels(incoming: &mut Receiver<Stream>, expected: usize) -> Option<Ch
     Some(ch)
 }
 
-/// Serve one exec or attach session on `conn`.
+/// A session's channels, whichever transport carries them.
+struct Chans {
+    error: Option<ChanWriter>,
+    stdin: Option<ChanReader>,
+    stdout: Option<ChanWriter>,
+    stderr: Option<ChanWriter>,
+    resize: Option<ChanReader>,
+}
+
+/// Serve one exec or attach session on a SPDY connection.
 pub async fn serve(
     conn: Connection,
     mut incoming: Receiver<Stream>,
@@ -149,6 +162,7 @@ pub async fn serve(
     io: StdioOpts,
     what: What,
     runtime: Arc<Runtime>,
+    limits: Limits,
 ) {
     let version = version(protocol);
     let expected = 1
@@ -162,14 +176,110 @@ pub async fn serve(
     };
     // Streams opened later are not part of the protocol.
     tokio::spawn(async move { while incoming.recv().await.is_some() {} });
-    let error = ch.error.map(|s| s.split().1);
-    let stdout = ch.stdout.map(|s| s.split().1);
-    let stderr = ch.stderr.map(|s| s.split().1);
-    let stdin = ch.stdin.map(|s| s.split().0);
-    let resize = ch.resize.map(|s| s.split().0);
+    let activity = Activity::new();
+    let w = |s: Stream| ChanWriter::Spdy(s.split().1, activity.clone());
+    let r = |s: Stream| ChanReader::Spdy(s.split().0, activity.clone());
+    let chans = Chans {
+        error: ch.error.map(w),
+        stdout: ch.stdout.map(w),
+        stderr: ch.stderr.map(w),
+        stdin: ch.stdin.map(r),
+        resize: ch.resize.map(r),
+    };
+    let closed = conn.clone();
+    session(
+        chans,
+        version,
+        io,
+        what,
+        runtime,
+        &activity,
+        limits,
+        closed.closed(),
+    )
+    .await;
+    conn.close().await;
+}
+
+/// Serve one exec or attach session on a WebSocket that negotiated `protocol` (one of
+/// [`super::ws::REMOTE_WS_PROTOCOLS`]).
+pub async fn serve_ws(
+    ws: Ws,
+    protocol: &str,
+    io: StdioOpts,
+    what: What,
+    runtime: Arc<Runtime>,
+    limits: Limits,
+) {
+    let version = version(Some(protocol));
+    let activity = Activity::new();
+    let mut inbound = Vec::new();
+    if io.stdin {
+        inbound.push(0);
+    }
+    if io.tty && version >= 3 {
+        inbound.push(4);
+    }
+    let mut mux = Mux::start(ws, Codec::of(protocol), &inbound, activity.clone());
+    let chans = Chans {
+        stdin: mux.reader(0),
+        stdout: io.stdout.then(|| ChanWriter::Ws(mux.writer(1))),
+        stderr: io.stderr.then(|| ChanWriter::Ws(mux.writer(2))),
+        error: Some(ChanWriter::Ws(mux.writer(3))),
+        resize: mux.reader(4),
+    };
+    let mut done = mux.take_done();
+    let mut ended = false;
+    let client_gone = async {
+        let _ = (&mut done).await;
+        ended = true;
+    };
+    session(
+        chans,
+        version,
+        io,
+        what,
+        runtime,
+        &activity,
+        limits,
+        client_gone,
+    )
+    .await;
+    if !ended {
+        // Every writer is dropped with the session: the frames queued go out, then the
+        // WebSocket closes.
+        drop(mux);
+        let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+    }
+}
+
+/// Run the session and report its outcome on the error channel, unless the client went
+/// away (`client_gone`) or the session sat idle for the idle timeout.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    chans: Chans,
+    version: u8,
+    io: StdioOpts,
+    what: What,
+    runtime: Arc<Runtime>,
+    activity: &Activity,
+    limits: Limits,
+    client_gone: impl std::future::Future<Output = ()>,
+) {
+    let Chans {
+        error,
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    } = chans;
     let outcome = tokio::select! {
         o = run(&what, io, stdin, stdout.clone(), stderr.clone(), resize, &runtime) => o,
-        () = conn.closed() => None,
+        () = client_gone => None,
+        () = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!("streaming session idle for {:?}; closed", limits.idle_timeout);
+            None
+        }
     };
     if let Some(outcome) = outcome {
         if let Some(w) = &error {
@@ -182,17 +292,16 @@ pub async fn serve(
             let _ = w.finish().await;
         }
     }
-    conn.close().await;
 }
 
 /// Run the session; `None` when it ended without an outcome to report.
 async fn run(
     what: &What,
     io: StdioOpts,
-    stdin: Option<StreamReader>,
-    stdout: Option<StreamWriter>,
-    stderr: Option<StreamWriter>,
-    resize: Option<StreamReader>,
+    stdin: Option<ChanReader>,
+    stdout: Option<ChanWriter>,
+    stderr: Option<ChanWriter>,
+    resize: Option<ChanReader>,
     runtime: &Arc<Runtime>,
 ) -> Option<Outcome> {
     let (container, stdio) = match what {
@@ -323,7 +432,7 @@ struct Progress {
 
 /// Copy a process's output to its stream (or drop it if the client did not ask for
 /// it), then FIN.
-async fn pump_out(fd: Arc<FdIo>, to: Option<StreamWriter>, progress: Arc<Progress>) {
+async fn pump_out(fd: Arc<FdIo>, to: Option<ChanWriter>, progress: Arc<Progress>) {
     let mut buf = vec![0u8; 32 << 10];
     let mut to = to;
     loop {
@@ -350,7 +459,7 @@ async fn pump_out(fd: Arc<FdIo>, to: Option<StreamWriter>, progress: Arc<Progres
 
 /// Copy the client's input to the process; at its end close the pipe (a terminal
 /// stays open: its master carries the output too).
-async fn pump_in(mut from: StreamReader, to: Option<Arc<FdIo>>, is_tty: bool) {
+async fn pump_in(mut from: ChanReader, to: Option<Arc<FdIo>>, is_tty: bool) {
     while let Some(chunk) = from.recv().await {
         if let Some(fd) = &to
             && fd.write_all(&chunk).await.is_err()
@@ -364,7 +473,7 @@ async fn pump_in(mut from: StreamReader, to: Option<Arc<FdIo>>, is_tty: bool) {
 }
 
 /// Apply the client's terminal sizes (a stream of JSON objects `{"Width", "Height"}`).
-async fn resizes(mut from: StreamReader, tty: Arc<FdIo>) {
+async fn resizes(mut from: ChanReader, tty: Arc<FdIo>) {
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = from.recv().await {
         buf.extend_from_slice(&chunk);
