@@ -88,6 +88,8 @@ pub struct FileConfig {
     pub runtime: RuntimeSection,
     /// The streaming server (exec, attach, port-forward).
     pub streaming: StreamingSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
 }
 
 /// `[registry]`.
@@ -146,6 +148,14 @@ pub struct HandlerSection {
     pub binary: Option<PathBuf>,
     /// The OCI runtime's state root.
     pub root: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); unset: no endpoint.
+    pub address: Option<String>,
 }
 
 /// `[streaming]`.
@@ -245,6 +255,8 @@ pub struct Config {
     pub handlers: BTreeMap<String, Handler>,
     /// The streaming server address.
     pub streaming_address: SocketAddr,
+    /// The Prometheus endpoint, if any.
+    pub metrics_address: Option<SocketAddr>,
     /// The streaming server's session bounds.
     #[serde(skip)]
     pub streaming_limits: crate::stream::Limits,
@@ -467,6 +479,15 @@ impl Config {
             )
         })?;
 
+        let metrics_address = match &file.metrics.address {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "metrics.address",
+                    format!("{text:?} is not an ip:port address: {e}"),
+                )
+            })?),
+        };
         let defaults = crate::stream::Limits::default();
         let streaming_limits = crate::stream::Limits {
             idle_timeout: match file.streaming.idle_timeout {
@@ -525,6 +546,7 @@ impl Config {
             handlers,
             streaming_address,
             streaming_limits,
+            metrics_address,
             cgroup_mode,
             file: path,
             root,

@@ -270,10 +270,36 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
                 network_problem,
                 features,
             )),
-            images: Arc::new(ImageService::new(images.clone(), in_use)),
+            images: Arc::new(ImageService::new(
+                images.clone(),
+                in_use,
+                runtime.metrics(),
+            )),
+            observer: runtime.metrics(),
             ..Default::default()
         };
         runtime.install(&mut ports);
+        let metrics = runtime.metrics();
+        let state: Arc<dyn crate::metrics::StateSource> = runtime.clone();
+        let engine = skiff_uring_io::select();
+        metrics.collect(crate::metrics::StateCollector {
+            state: Arc::downgrade(&state),
+            images: Arc::downgrade(&images),
+            engine: (
+                engine.name(),
+                match &engine {
+                    skiff_uring_io::Engine::Uring => String::new(),
+                    skiff_uring_io::Engine::Blocking(why) => why.to_string(),
+                },
+            ),
+        });
+        drop(state);
+        if let Some(addr) = config.metrics_address {
+            match crate::metrics::serve(addr, metrics).await {
+                Ok(at) => tracing::info!(address = %at, "metrics endpoint listening"),
+                Err(e) => tracing::error!(address = %addr, error = %e, "the metrics endpoint could not start"),
+            }
+        }
         let extra = tonic::service::Routes::default()
             .add_service(crate::admin::AdminService::server(images.clone()));
         serve_until_signal(listener, ports, extra).await

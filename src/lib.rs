@@ -13,6 +13,7 @@ pub mod error;
 pub mod images;
 pub mod info;
 pub mod logging;
+pub mod metrics;
 pub mod pods;
 pub mod progress;
 pub mod spec;

@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{REGISTRY, RegistryEnv};
@@ -1549,5 +1550,134 @@ async fn a_stopped_shim_is_killed_after_the_liveness_timeout() {
     assert!(
         noticed >= Duration::from_secs(2),
         "noticed after {noticed:?}"
+    );
+}
+
+/// GET `path` on `addr` from inside the test namespace; the response body.
+fn scrape(env: &RegistryEnv, addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let (addr, path) = (addr.to_string(), path.to_string());
+    env.netns.run(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+}
+
+/// The value of the first series of `name` whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
+    const ADDR: &str = "127.0.0.1:19090";
+    let Some((env, mut c)) = setup_with(
+        "metrics_endpoint",
+        &format!("[metrics]\naddress = \"{ADDR}\"\n"),
+    )
+    .await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    // Scrapes go on while pods start: every one answers.
+    let env = Arc::new(env);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = scrape(&env, ADDR, "/metrics");
+                assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut pods = Vec::new();
+    for i in 0..10 {
+        let pod_cfg = pod_config(&format!("metrics{i}"), &logs);
+        let pod = run_pod(&mut c, &pod_cfg).await;
+        let ctr = create(&mut c, &pod, &pod_cfg, ctr_config("m", &["sleep", "3600"]))
+            .await
+            .unwrap();
+        start(&mut c, &ctr).await;
+        pods.push(pod);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap();
+    assert!(scrapes > 0);
+    let text = scrape(&env, ADDR, "/metrics");
+    let get = |name: &str, labels: &str| {
+        metric(&text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in:\n{text}"))
+    };
+    assert_eq!(
+        get(
+            "grpc_server_handled_total",
+            r#"grpc_method="RunPodSandbox""#
+        ),
+        10.0
+    );
+    assert!(
+        get(
+            "grpc_server_handling_seconds_count",
+            r#"grpc_method="StartContainer""#
+        ) >= 10.0
+    );
+    assert_eq!(get("skiff_image_pulls_total", r#"result="ok""#), 1.0);
+    assert!(get("skiff_image_pull_layer_bytes_total", "") > 0.0);
+    assert!(get("skiff_image_pull_stage_seconds_total", r#"stage="layers""#) > 0.0);
+    assert_eq!(get("skiff_pod_sandboxes", r#"state="ready""#), 10.0);
+    assert_eq!(get("skiff_containers", r#"state="running""#), 10.0);
+    assert_eq!(get("skiff_shims", ""), 10.0);
+    assert_eq!(get("skiff_network_setup_seconds_count", ""), 10.0);
+    assert_eq!(get("skiff_unpack_engine_info", "engine="), 1.0);
+    assert!(get("process_resident_memory_bytes", "") > 1e6);
+    assert!(get("process_open_fds", "") > 3.0);
+    // A failed call is counted with its code.
+    let _ = c
+        .runtime
+        .container_status(api::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await;
+    let text = scrape(&env, ADDR, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "grpc_server_handled_total",
+            r#"grpc_code="NotFound""#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(scrape(&env, ADDR, "/other").starts_with("HTTP/1.0 404"));
+    for pod in pods {
+        c.runtime
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .unwrap();
+    }
+    let text = scrape(&env, ADDR, "/metrics");
+    assert_eq!(
+        metric(&text, "skiff_pod_sandboxes", r#"state="ready""#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "skiff_network_teardown_seconds_count", ""),
+        Some(10.0)
     );
 }

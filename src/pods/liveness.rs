@@ -52,6 +52,11 @@ impl Watchers {
         }
     }
 
+    /// How many shims are watched.
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Forget `pod`'s watcher without aborting it (called from the watcher itself).
     fn done(&self, pod: &str) {
         self.0

@@ -212,6 +212,7 @@ pub struct Runtime {
     cpu: crate::cgroups::CpuRate,
     disk: metrics::DiskUsageCache,
     watchers: liveness::Watchers,
+    metrics: Arc<crate::metrics::Metrics>,
     net: std::sync::OnceLock<Arc<network::PodNetwork>>,
     streaming: std::sync::OnceLock<Arc<crate::stream::Server>>,
 }
@@ -242,9 +243,15 @@ impl Runtime {
             cpu: crate::cgroups::CpuRate::default(),
             disk: metrics::DiskUsageCache::default(),
             watchers: liveness::Watchers::default(),
+            metrics: crate::metrics::Metrics::new(),
             net: std::sync::OnceLock::new(),
             streaming: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The metrics this runtime keeps (served when `[metrics] address` is set).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Serialise operations on one object.
@@ -450,4 +457,35 @@ fn container_config(c: &ContainerRecord) -> api::ContainerConfig {
         tracing::error!(container_id = %c.id, error = %e, "the container's record is damaged");
         Default::default()
     })
+}
+
+impl crate::metrics::StateSource for Runtime {
+    fn pods(&self) -> (u64, u64) {
+        let pods = Runtime::pods(self).unwrap_or_default();
+        let ready = pods
+            .iter()
+            .filter(|p| p.state == records::PodState::Ready)
+            .count() as u64;
+        (ready, pods.len() as u64 - ready)
+    }
+
+    fn containers(&self) -> (u64, u64, u64) {
+        let mut n = (0, 0, 0);
+        for c in Runtime::containers(self).unwrap_or_default() {
+            match c.state {
+                records::CtrState::Created => n.0 += 1,
+                records::CtrState::Running => n.1 += 1,
+                records::CtrState::Exited => n.2 += 1,
+            }
+        }
+        n
+    }
+
+    fn shims(&self) -> u64 {
+        self.watchers.len() as u64
+    }
+
+    fn streaming_sessions(&self) -> u64 {
+        self.streaming.get().map_or(0, |s| s.sessions() as u64)
+    }
 }

@@ -224,10 +224,13 @@ impl Runtime {
         let (Some(net), Some(ns)) = (self.net.get().cloned(), rec.ns.net.clone()) else {
             return Ok(());
         };
-        match &*net {
+        let started = std::time::Instant::now();
+        let done = match &*net {
             PodNetwork::Bridge { bridge, nft } => self.setup_bridge(bridge, nft, rec, ns).await,
             PodNetwork::Cni(cni) => self.setup_cni(cni, rec, ns).await,
-        }
+        };
+        self.metrics.network_setup(started.elapsed());
+        done
     }
 
     /// Built-in: address, veth pair, and hostPorts DNATed to the pod.
@@ -315,6 +318,13 @@ impl Runtime {
     /// attachment. Idempotent. Only a failed CNI DEL is an error; its record stays, and
     /// the DEL is tried again by the next StopPodSandbox and at start-up.
     pub(super) async fn teardown_network(&self, p: &PodRecord) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
+        let done = self.teardown_network_inner(p).await;
+        self.metrics.network_teardown(started.elapsed());
+        done
+    }
+
+    async fn teardown_network_inner(&self, p: &PodRecord) -> Result<(), RuntimeError> {
         if let Some(net) = self.net.get()
             && let PodNetwork::Bridge { bridge, nft } = &**net
         {

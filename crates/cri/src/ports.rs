@@ -260,6 +260,20 @@ pub trait ImagePort: Send + Sync + 'static {
     }
 }
 
+/// Told of every CRI call once it is answered: the metrics endpoint's view of the CRI.
+pub trait CallObserver: Send + Sync + 'static {
+    /// `method` (e.g. `RunPodSandbox`) answered `code` after `elapsed`.
+    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: std::time::Duration);
+}
+
+/// An observer that keeps nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl CallObserver for NoObserver {
+    fn observe(&self, _: &'static str, _: tonic::Code, _: std::time::Duration) {}
+}
+
 /// A port that implements nothing: every method answers `Unimplemented`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Unimplemented;
@@ -286,6 +300,8 @@ pub struct Ports {
     pub stats: Arc<dyn StatsPort>,
     /// Images.
     pub images: Arc<dyn ImagePort>,
+    /// Told of every call (metrics).
+    pub observer: Arc<dyn CallObserver>,
 }
 
 impl Default for Ports {
@@ -298,6 +314,7 @@ impl Default for Ports {
             streaming: Arc::new(Unimplemented),
             stats: Arc::new(Unimplemented),
             images: Arc::new(Unimplemented),
+            observer: Arc::new(NoObserver),
         }
     }
 }

@@ -1,15 +1,19 @@
 //! The one wrapper every CRI call goes through: span, timing, one log line, error mapping.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
 
 use crate::error::{CriError, ErrorKind, to_status};
+use crate::ports::CallObserver;
 use crate::validate::Request;
 
-/// Validate `req`, run `handler` on it inside a span, log the outcome once and map errors.
+/// Validate `req`, run `handler` on it inside a span, log the outcome once, map errors,
+/// and tell `observer` (metrics).
 pub(crate) async fn call<R, T, F, Fut>(
+    observer: &Arc<dyn CallObserver>,
     req: tonic::Request<R>,
     handler: F,
 ) -> Result<tonic::Response<T>, tonic::Status>
@@ -31,7 +35,8 @@ where
         Ok(()) => handler(req).instrument(span.clone()).await,
         Err(err) => Err(CriError::from(err)),
     };
-    let elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = start.elapsed();
+    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let _entered = span.enter();
     match result {
         Ok(resp) => {
@@ -40,6 +45,7 @@ where
             } else {
                 tracing::info!(elapsed_us, outcome = "ok", "cri call");
             }
+            observer.observe(R::METHOD, tonic::Code::Ok, elapsed);
             Ok(tonic::Response::new(resp))
         }
         Err(err) => {
@@ -53,6 +59,7 @@ where
                 }
                 _ => tracing::warn!(elapsed_us, outcome = ?status.code(), error = %err, "cri call"),
             }
+            observer.observe(R::METHOD, status.code(), elapsed);
             Err(status)
         }
     }

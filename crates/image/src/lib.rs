@@ -6,6 +6,7 @@
 //! Nothing becomes visible before its digests match.
 
 pub mod content;
+pub mod counters;
 pub mod digest;
 pub mod error;
 pub mod hosts;

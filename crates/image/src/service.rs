@@ -86,6 +86,8 @@ pub struct Images {
     /// A failed pull left committed layers no image references; collect them when no
     /// pull is in flight.
     gc_pending: std::sync::atomic::AtomicBool,
+    /// Running totals for the metrics endpoint.
+    counters: crate::counters::Counters,
 }
 
 /// Removes a pull's progress entry when the pull ends, however it ends.
@@ -139,6 +141,7 @@ impl Images {
             gc_lock: RwLock::new(()),
             pulls: Mutex::new(Vec::new()),
             gc_pending: std::sync::atomic::AtomicBool::new(false),
+            counters: crate::counters::Counters::default(),
         };
         let gc = images.gc_locked()?;
         tracing::info!(
@@ -263,6 +266,7 @@ impl Images {
         r: &oci_client::Reference,
     ) -> Result<ImageRecord, ImageError> {
         let name = remote.name.clone();
+        let stage_start = std::time::Instant::now();
         let (top_bytes, top_digest) = self.retry("manifest", || remote.manifest(None)).await?;
         let parse_err = |e: crate::parse::ParseError| match e {
             crate::parse::ParseError::Malformed { what, reason } => malformed(&name, what, reason),
@@ -310,6 +314,9 @@ impl Images {
             })
             .collect();
 
+        self.counters
+            .stage(crate::counters::Stage::Resolve, stage_start.elapsed());
+        let stage_start = std::time::Instant::now();
         // All layers at once; each one streams through its own pipeline.
         let progress =
             PullProgress::new(&name, layers.iter().map(|l| (l.digest.to_string(), l.size)));
@@ -329,6 +336,9 @@ impl Images {
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(e);
         }
+        self.counters
+            .stage(crate::counters::Stage::Layers, stage_start.elapsed());
+        let stage_start = std::time::Instant::now();
 
         self.content.put(&manifest_digest, &manifest_bytes)?;
         self.content.put(&config_digest, &config_bytes)?;
@@ -352,6 +362,8 @@ impl Images {
             pinned: false,
         };
         let saved = store::save(&self.meta, &record)?;
+        self.counters
+            .stage(crate::counters::Stage::Commit, stage_start.elapsed());
         tracing::info!(image = %name, id = %saved.id, layers = saved.layers.len(), "pulled");
         Ok(saved)
     }
@@ -378,6 +390,7 @@ impl Images {
         if self.snapshots.exists(&layer.chain_id) {
             tracing::debug!(layer = %layer.digest, "layer present");
             progress.set(LayerState::Present);
+            self.counters.layer_done(false);
             return Ok(());
         }
         let result = self
@@ -388,11 +401,17 @@ impl Images {
             })
             .await;
         progress.set(if result.is_ok() {
+            self.counters.layer_done(true);
             LayerState::Done
         } else {
             LayerState::Failed
         });
         result
+    }
+
+    /// Running totals of pull stages and layer bytes.
+    pub fn counters(&self) -> crate::counters::Snapshot {
+        self.counters.snapshot()
     }
 
     /// The pulls in flight.
@@ -433,6 +452,7 @@ impl Images {
             if let Ok(chunk) = &item {
                 received += chunk.len() as u64;
                 progress.add(chunk.len() as u64);
+                self.counters.layer_bytes(chunk.len() as u64);
                 if received > layer.size {
                     let _ = tx
                         .send(Err(std::io::Error::other(format!(

@@ -36,7 +36,7 @@ impl ImageService for ImageServer {
         &self,
         r: Request<api::ListImagesRequest>,
     ) -> Rpc<api::ListImagesResponse> {
-        call(r, |r| self.ports.images.list(r)).await
+        call(&self.ports.observer, r, |r| self.ports.images.list(r)).await
     }
 
     type StreamImagesStream = ListStream<api::StreamImagesResponse>;
@@ -45,7 +45,7 @@ impl ImageService for ImageServer {
         &self,
         r: Request<api::StreamImagesRequest>,
     ) -> Rpc<Self::StreamImagesStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let list = self
                 .ports
                 .images
@@ -60,21 +60,21 @@ impl ImageService for ImageServer {
         &self,
         r: Request<api::ImageStatusRequest>,
     ) -> Rpc<api::ImageStatusResponse> {
-        call(r, |r| self.ports.images.status(r)).await
+        call(&self.ports.observer, r, |r| self.ports.images.status(r)).await
     }
     async fn pull_image(&self, r: Request<api::PullImageRequest>) -> Rpc<api::PullImageResponse> {
-        call(r, |r| self.ports.images.pull(r)).await
+        call(&self.ports.observer, r, |r| self.ports.images.pull(r)).await
     }
     async fn remove_image(
         &self,
         r: Request<api::RemoveImageRequest>,
     ) -> Rpc<api::RemoveImageResponse> {
-        call(r, |r| self.ports.images.remove(r)).await
+        call(&self.ports.observer, r, |r| self.ports.images.remove(r)).await
     }
     async fn image_fs_info(
         &self,
         r: Request<api::ImageFsInfoRequest>,
     ) -> Rpc<api::ImageFsInfoResponse> {
-        call(r, |r| self.ports.images.fs_info(r)).await
+        call(&self.ports.observer, r, |r| self.ports.images.fs_info(r)).await
     }
 }

@@ -69,53 +69,59 @@ pub type EventStream = std::pin::Pin<
 #[async_trait]
 impl RuntimeService for RuntimeServer {
     async fn version(&self, r: Request<api::VersionRequest>) -> Rpc<api::VersionResponse> {
-        call(r, |r| self.ports.info.version(r)).await
+        call(&self.ports.observer, r, |r| self.ports.info.version(r)).await
     }
     async fn status(&self, r: Request<api::StatusRequest>) -> Rpc<api::StatusResponse> {
-        call(r, |r| self.ports.info.status(r)).await
+        call(&self.ports.observer, r, |r| self.ports.info.status(r)).await
     }
     async fn runtime_config(
         &self,
         r: Request<api::RuntimeConfigRequest>,
     ) -> Rpc<api::RuntimeConfigResponse> {
-        call(r, |r| self.ports.info.runtime_config(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.info.runtime_config(r)
+        })
+        .await
     }
     async fn update_runtime_config(
         &self,
         r: Request<api::UpdateRuntimeConfigRequest>,
     ) -> Rpc<api::UpdateRuntimeConfigResponse> {
-        call(r, |r| self.ports.info.update_runtime_config(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.info.update_runtime_config(r)
+        })
+        .await
     }
 
     async fn run_pod_sandbox(
         &self,
         r: Request<api::RunPodSandboxRequest>,
     ) -> Rpc<api::RunPodSandboxResponse> {
-        call(r, |r| self.ports.pods.run(r)).await
+        call(&self.ports.observer, r, |r| self.ports.pods.run(r)).await
     }
     async fn stop_pod_sandbox(
         &self,
         r: Request<api::StopPodSandboxRequest>,
     ) -> Rpc<api::StopPodSandboxResponse> {
-        call(r, |r| self.ports.pods.stop(r)).await
+        call(&self.ports.observer, r, |r| self.ports.pods.stop(r)).await
     }
     async fn remove_pod_sandbox(
         &self,
         r: Request<api::RemovePodSandboxRequest>,
     ) -> Rpc<api::RemovePodSandboxResponse> {
-        call(r, |r| self.ports.pods.remove(r)).await
+        call(&self.ports.observer, r, |r| self.ports.pods.remove(r)).await
     }
     async fn pod_sandbox_status(
         &self,
         r: Request<api::PodSandboxStatusRequest>,
     ) -> Rpc<api::PodSandboxStatusResponse> {
-        call(r, |r| self.ports.pods.status(r)).await
+        call(&self.ports.observer, r, |r| self.ports.pods.status(r)).await
     }
     async fn list_pod_sandbox(
         &self,
         r: Request<api::ListPodSandboxRequest>,
     ) -> Rpc<api::ListPodSandboxResponse> {
-        call(r, |r| self.ports.pods.list(r)).await
+        call(&self.ports.observer, r, |r| self.ports.pods.list(r)).await
     }
 
     type StreamPodSandboxesStream = ListStream<api::StreamPodSandboxesResponse>;
@@ -124,7 +130,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::StreamPodSandboxesRequest>,
     ) -> Rpc<Self::StreamPodSandboxesStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let list = self
                 .ports
                 .pods
@@ -139,38 +145,41 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::UpdatePodSandboxResourcesRequest>,
     ) -> Rpc<api::UpdatePodSandboxResourcesResponse> {
-        call(r, |r| self.ports.pods.update_resources(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.pods.update_resources(r)
+        })
+        .await
     }
 
     async fn create_container(
         &self,
         r: Request<api::CreateContainerRequest>,
     ) -> Rpc<api::CreateContainerResponse> {
-        call(r, |r| self.ports.containers.create(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.create(r)).await
     }
     async fn start_container(
         &self,
         r: Request<api::StartContainerRequest>,
     ) -> Rpc<api::StartContainerResponse> {
-        call(r, |r| self.ports.containers.start(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.start(r)).await
     }
     async fn stop_container(
         &self,
         r: Request<api::StopContainerRequest>,
     ) -> Rpc<api::StopContainerResponse> {
-        call(r, |r| self.ports.containers.stop(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.stop(r)).await
     }
     async fn remove_container(
         &self,
         r: Request<api::RemoveContainerRequest>,
     ) -> Rpc<api::RemoveContainerResponse> {
-        call(r, |r| self.ports.containers.remove(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.remove(r)).await
     }
     async fn list_containers(
         &self,
         r: Request<api::ListContainersRequest>,
     ) -> Rpc<api::ListContainersResponse> {
-        call(r, |r| self.ports.containers.list(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.list(r)).await
     }
 
     type StreamContainersStream = ListStream<api::StreamContainersResponse>;
@@ -179,7 +188,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::StreamContainersRequest>,
     ) -> Rpc<Self::StreamContainersStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let list = self
                 .ports
                 .containers
@@ -194,41 +203,56 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::ContainerStatusRequest>,
     ) -> Rpc<api::ContainerStatusResponse> {
-        call(r, |r| self.ports.containers.status(r)).await
+        call(&self.ports.observer, r, |r| self.ports.containers.status(r)).await
     }
     async fn update_container_resources(
         &self,
         r: Request<api::UpdateContainerResourcesRequest>,
     ) -> Rpc<api::UpdateContainerResourcesResponse> {
-        call(r, |r| self.ports.containers.update_resources(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.containers.update_resources(r)
+        })
+        .await
     }
     async fn reopen_container_log(
         &self,
         r: Request<api::ReopenContainerLogRequest>,
     ) -> Rpc<api::ReopenContainerLogResponse> {
-        call(r, |r| self.ports.containers.reopen_log(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.containers.reopen_log(r)
+        })
+        .await
     }
     async fn exec_sync(&self, r: Request<api::ExecSyncRequest>) -> Rpc<api::ExecSyncResponse> {
-        call(r, |r| self.ports.containers.exec_sync(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.containers.exec_sync(r)
+        })
+        .await
     }
     async fn checkpoint_container(
         &self,
         r: Request<api::CheckpointContainerRequest>,
     ) -> Rpc<api::CheckpointContainerResponse> {
-        call(r, |r| self.ports.containers.checkpoint(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.containers.checkpoint(r)
+        })
+        .await
     }
 
     async fn exec(&self, r: Request<api::ExecRequest>) -> Rpc<api::ExecResponse> {
-        call(r, |r| self.ports.streaming.exec(r)).await
+        call(&self.ports.observer, r, |r| self.ports.streaming.exec(r)).await
     }
     async fn attach(&self, r: Request<api::AttachRequest>) -> Rpc<api::AttachResponse> {
-        call(r, |r| self.ports.streaming.attach(r)).await
+        call(&self.ports.observer, r, |r| self.ports.streaming.attach(r)).await
     }
     async fn port_forward(
         &self,
         r: Request<api::PortForwardRequest>,
     ) -> Rpc<api::PortForwardResponse> {
-        call(r, |r| self.ports.streaming.port_forward(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.streaming.port_forward(r)
+        })
+        .await
     }
 
     type GetContainerEventsStream = EventStream;
@@ -237,7 +261,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::GetEventsRequest>,
     ) -> Rpc<Self::GetContainerEventsStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let events = self.ports.streaming.container_events(r).await?;
             let mapped: EventStream = Box::pin(events.map(|e| e.map_err(|err| to_status(&err))));
             Ok(mapped)
@@ -249,13 +273,19 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::ContainerStatsRequest>,
     ) -> Rpc<api::ContainerStatsResponse> {
-        call(r, |r| self.ports.stats.container_stats(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.stats.container_stats(r)
+        })
+        .await
     }
     async fn list_container_stats(
         &self,
         r: Request<api::ListContainerStatsRequest>,
     ) -> Rpc<api::ListContainerStatsResponse> {
-        call(r, |r| self.ports.stats.list_container_stats(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.stats.list_container_stats(r)
+        })
+        .await
     }
 
     type StreamContainerStatsStream = ListStream<api::StreamContainerStatsResponse>;
@@ -264,7 +294,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::StreamContainerStatsRequest>,
     ) -> Rpc<Self::StreamContainerStatsStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let req = api::ListContainerStatsRequest { filter: r.filter };
             let list = self.ports.stats.list_container_stats(req);
             Ok(stream_of(list.await?.stats, |container_stats| {
@@ -277,13 +307,16 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::PodSandboxStatsRequest>,
     ) -> Rpc<api::PodSandboxStatsResponse> {
-        call(r, |r| self.ports.stats.pod_stats(r)).await
+        call(&self.ports.observer, r, |r| self.ports.stats.pod_stats(r)).await
     }
     async fn list_pod_sandbox_stats(
         &self,
         r: Request<api::ListPodSandboxStatsRequest>,
     ) -> Rpc<api::ListPodSandboxStatsResponse> {
-        call(r, |r| self.ports.stats.list_pod_stats(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.stats.list_pod_stats(r)
+        })
+        .await
     }
 
     type StreamPodSandboxStatsStream = ListStream<api::StreamPodSandboxStatsResponse>;
@@ -292,7 +325,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::StreamPodSandboxStatsRequest>,
     ) -> Rpc<Self::StreamPodSandboxStatsStream> {
-        call(r, |r| async move {
+        call(&self.ports.observer, r, |r| async move {
             let req = api::ListPodSandboxStatsRequest { filter: r.filter };
             let list = self.ports.stats.list_pod_stats(req);
             Ok(stream_of(list.await?.stats, |pod_sandbox_stats| {
@@ -305,13 +338,16 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::ListMetricDescriptorsRequest>,
     ) -> Rpc<api::ListMetricDescriptorsResponse> {
-        call(r, |r| self.ports.stats.metric_descriptors(r)).await
+        call(&self.ports.observer, r, |r| {
+            self.ports.stats.metric_descriptors(r)
+        })
+        .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
         r: Request<api::ListPodSandboxMetricsRequest>,
     ) -> Rpc<api::ListPodSandboxMetricsResponse> {
-        call(r, |r| self.ports.stats.pod_metrics(r)).await
+        call(&self.ports.observer, r, |r| self.ports.stats.pod_metrics(r)).await
     }
 
     type StreamPodSandboxMetricsStream = ListStream<api::StreamPodSandboxMetricsResponse>;
@@ -320,7 +356,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         r: Request<api::StreamPodSandboxMetricsRequest>,
     ) -> Rpc<Self::StreamPodSandboxMetricsStream> {
-        call(r, |_| async move {
+        call(&self.ports.observer, r, |_| async move {
             let list = self
                 .ports
                 .stats
