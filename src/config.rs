@@ -571,6 +571,69 @@ impl Config {
     }
 }
 
+/// The configuration file with every key, each explained, set to its default:
+/// `skiffd config default` prints it (a starting point for `/etc/skiff/config.toml`).
+/// Keys whose default depends on the host or whose mere presence changes behaviour are
+/// left commented out.
+pub fn default_file() -> String {
+    let liveness = DEFAULT_SHIM_LIVENESS_TIMEOUT.as_secs();
+    let stream = crate::stream::Limits::default();
+    format!(
+        r#"# skiffd configuration ({DEFAULT_CONFIG}). Every key is optional; these are the
+# defaults. Command-line flags win over this file.
+
+root = "{DEFAULT_ROOT}"          # persistent data: images, snapshots, metadata
+state = "{DEFAULT_STATE}"             # runtime state: pods, shims, namespaces, lock file
+socket = "{DEFAULT_SOCKET}" # the CRI socket (mode 0660)
+
+[registry]
+# A directory of <host[:port]>/hosts.toml files (containerd's certs.d format): mirrors,
+# plain-HTTP registries, CAs. A registry without one is reached over HTTPS.
+config_path = "{DEFAULT_REGISTRY_CONFIG_PATH}"
+
+[network]
+# "bridge": skiff's built-in netlink bridge, veth pairs and IPAM. "cni": the first network
+# list in cni_conf_dir, run per the CNI spec (never chosen by itself).
+mode = "bridge"
+# The built-in bridge's pod CIDR. Set here, it wins over the CIDR the kubelet sends with
+# UpdateRuntimeConfig; left out, the kubelet's is used once it sends one.
+# pod_cidr = "{DEFAULT_POD_CIDR}"
+bridge = "{DEFAULT_BRIDGE}"
+cni_conf_dir = "{DEFAULT_CNI_CONF_DIR}"
+cni_bin_dir = "{DEFAULT_CNI_BIN_DIR}"
+
+[runtime]
+# The handler of RuntimeClass "" (and of pods that name none): runc on cgroup v1 or
+# hybrid hosts, crun on pure cgroup v2.
+# default_handler = "runc"
+# Seconds a pod's shim may go without answering (stopped, hung) before skiffd kills it
+# and reports its containers exited.
+shim_liveness_timeout = {liveness}
+
+# One table per RuntimeClass handler; runc and crun always exist.
+# [runtime.handlers.crun]
+# binary = "/usr/bin/crun"               # absolute, or a name looked up in PATH
+# root = "{DEFAULT_STATE}/runtime/crun"   # the runtime's --root
+
+[streaming]
+# Exec, attach and port-forward (SPDY/3.1 and WebSocket). Loopback and an ephemeral port
+# by default: the kubelet is on the same node.
+address = "{DEFAULT_STREAMING_ADDRESS}"
+# Seconds a session may move no byte before it is closed (the kubelet's
+# streamingConnectionIdleTimeout).
+idle_timeout = {idle}
+# Sessions at once; more are refused with 503.
+max_sessions = {max}
+
+[metrics]
+# host:port of the Prometheus endpoint (GET /metrics). Unset: no endpoint.
+# address = "127.0.0.1:1338"
+"#,
+        idle = stream.idle_timeout.as_secs(),
+        max = stream.max_sessions,
+    )
+}
+
 /// A `:`-separated list of absolute directories (`default` when not given).
 fn path_list(text: Option<&str>, default: &str) -> Result<Vec<PathBuf>, String> {
     let text = text.unwrap_or(default);
@@ -621,6 +684,36 @@ mod tests {
             &Overrides::default(),
             CgroupMode::Hybrid,
         )
+    }
+
+    #[test]
+    fn the_default_file_is_the_defaults() {
+        let text = default_file();
+        let from_file = resolve(&text).unwrap();
+        let from_nothing = resolve("").unwrap();
+        let a = serde_json::to_value(&from_file).unwrap();
+        let b = serde_json::to_value(&from_nothing).unwrap();
+        assert_eq!(a, b);
+        // Every section and key of the file format appears, set or commented.
+        for key in [
+            "root",
+            "state",
+            "socket",
+            "config_path",
+            "mode",
+            "pod_cidr",
+            "bridge",
+            "cni_conf_dir",
+            "cni_bin_dir",
+            "default_handler",
+            "shim_liveness_timeout",
+            "binary",
+            "address",
+            "idle_timeout",
+            "max_sessions",
+        ] {
+            assert!(text.contains(&format!("{key} =")), "{key} missing");
+        }
     }
 
     #[test]

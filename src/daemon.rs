@@ -44,6 +44,30 @@ pub struct DaemonArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: crate::logging::Format,
+    /// Instead of serving: a helper command.
+    #[command(subcommand)]
+    pub command: Option<DaemonCommand>,
+}
+
+/// skiffd's helper commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DaemonCommand {
+    /// Configuration helpers.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+/// `skiffd config …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration file with every key, explained, set to its default.
+    Default,
+    /// Read the configuration (file, defaults and flags) and print the effective one as
+    /// JSON; exit non-zero naming the key if it is not valid.
+    Check,
 }
 
 impl DaemonArgs {
