@@ -933,3 +933,67 @@ async fn websocket_exec_and_bad_input() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// skiff's own WebSocket clients (used by `skiff exec` and the benchmarks): exec with
+/// input and an exit code, and port-forward with SPDY tunnelled in the WebSocket.
+#[tokio::test(flavor = "current_thread")]
+async fn websocket_clients_exec_and_forward() {
+    use skiff::stream::client::remote_command_ws;
+    let Some((env, mut c)) = setup("websocket_clients_exec_and_forward").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let (pod, ctr) = pod_with(&mut c, "wscli", &logs, |c| {
+        c.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "while true; do nc -l -p 8080 -e cat; done".into(),
+        ];
+    })
+    .await;
+    let url = exec_url(&mut c, &ctr, &["sh", "-c", "cat; exit 5"], true, false).await;
+    let out = Collect::default();
+    let exit = remote_command_ws(
+        &url,
+        LocalIo {
+            stdin: Some(delayed_input(b"typed\n", Duration::from_millis(50))),
+            stdout: Some(Box::new(out.clone())),
+            stderr: Some(Box::new(Collect::default())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(exit, RemoteExit::Code(5));
+    assert_eq!(out.text(), "typed\n");
+    let url = c
+        .runtime
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: pod,
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let pf = PortForwarder::dial_ws(&url).await.unwrap();
+    // Retry while nc comes up.
+    let mut echoed = String::new();
+    for _ in 0..50 {
+        let f = pf.open(8080).await.unwrap();
+        f.data_out.send(b"ping").await.unwrap();
+        f.data_out.finish().await.unwrap();
+        let mut data_in = f.data_in;
+        let mut got = Vec::new();
+        while let Some(chunk) = data_in.recv().await {
+            got.extend_from_slice(&chunk);
+        }
+        echoed = String::from_utf8_lossy(&got).into_owned();
+        if echoed == "ping" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(echoed, "ping");
+    pf.close().await;
+}

@@ -10,6 +10,136 @@ use tokio::sync::mpsc;
 
 use super::{PORT_FORWARD_PROTOCOL, REMOTE_PROTOCOLS};
 
+/// Open a WebSocket to `url` (`http://…`) offering `protocols`; the one the server chose.
+async fn ws_dial(
+    url: &str,
+    protocols: &[&str],
+) -> io::Result<(
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    Option<String>,
+)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(io::Error::other)?;
+    let offer = protocols.join(", ");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        offer.parse().map_err(io::Error::other)?,
+    );
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| io::Error::other(format!("no host in {url}")))?;
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    tcp.set_nodelay(true)?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_frame_size(Some(super::ws::MAX_FRAME))
+        .max_message_size(Some(super::ws::MAX_FRAME));
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+        .await
+        .map_err(io::Error::other)?;
+    let chosen = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((ws, chosen))
+}
+
+/// Run an exec or attach session at `url` over WebSocket (`v5.channel.k8s.io`, else
+/// `v4.channel.k8s.io`), as client-go's WebSocket executor does.
+pub async fn remote_command_ws(url: &str, mut local: LocalIo) -> io::Result<RemoteExit> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (ws, chosen) = ws_dial(url, &["v5.channel.k8s.io", "v4.channel.k8s.io"]).await?;
+    let version = super::remote::version(chosen.as_deref());
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    if let Some(mut input) = local.stdin.take() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(0);
+                        frame.extend_from_slice(&buf[..n]);
+                        if tx.send(Message::Binary(frame.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if version >= 5 {
+                let _ = tx.send(Message::Binary(vec![255, 0].into())).await;
+            }
+        });
+    }
+    if let Some(mut sizes) = local.resize.take() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some((width, height)) = sizes.recv().await {
+                let mut frame = vec![4];
+                frame.extend_from_slice(
+                    serde_json::json!({"Width": width, "Height": height})
+                        .to_string()
+                        .as_bytes(),
+                );
+                if tx.send(Message::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let mut status = Vec::new();
+    while let Some(msg) = stream.next().await {
+        let Ok(Message::Binary(b)) = msg else {
+            if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                break;
+            }
+            continue;
+        };
+        let Some((&ch, data)) = b.split_first() else {
+            continue;
+        };
+        let to = match ch {
+            1 => local.stdout.as_mut(),
+            2 => local.stderr.as_mut(),
+            3 => {
+                status.extend_from_slice(data);
+                continue;
+            }
+            _ => continue,
+        };
+        if let Some(w) = to {
+            w.write_all(data).await?;
+        }
+    }
+    for w in [local.stdout.as_mut(), local.stderr.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        let _ = w.flush().await;
+    }
+    writer.abort();
+    Ok(parse_status(version, &status))
+}
+
 /// The local ends of an exec or attach.
 #[derive(Default)]
 pub struct LocalIo {
@@ -171,6 +301,18 @@ impl PortForwarder {
     /// Connect to `url` (from the CRI PortForward response).
     pub async fn dial(url: &str) -> io::Result<PortForwarder> {
         let (conn, _) = skiff_spdy::dial(url, &[PORT_FORWARD_PROTOCOL]).await?;
+        Ok(PortForwarder {
+            conn,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Connect to `url` over WebSocket, with SPDY tunnelled inside (as client-go's and
+    /// crictl's WebSocket port-forward dial).
+    pub async fn dial_ws(url: &str) -> io::Result<PortForwarder> {
+        let tunnelled = format!("SPDY/3.1+{PORT_FORWARD_PROTOCOL}");
+        let (ws, _) = ws_dial(url, &[&tunnelled]).await?;
+        let conn = Connection::client(super::ws::Tunnel::new(ws));
         Ok(PortForwarder {
             conn,
             next: AtomicU64::new(0),

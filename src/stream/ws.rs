@@ -302,15 +302,15 @@ impl Mux {
 }
 
 /// A WebSocket as a byte stream: each binary message is the next bytes; writes go out
-/// as binary messages (SPDY tunnelled over WebSocket, as client-go does it).
-pub struct Tunnel {
-    ws: Ws,
+/// as binary messages (SPDY tunnelled over WebSocket, as client-go does it). Either side.
+pub struct Tunnel<S> {
+    ws: WebSocketStream<S>,
     pending: Bytes,
 }
 
-impl Tunnel {
+impl<S> Tunnel<S> {
     /// Wrap `ws`.
-    pub fn new(ws: Ws) -> Tunnel {
+    pub fn new(ws: WebSocketStream<S>) -> Tunnel<S> {
         Tunnel {
             ws,
             pending: Bytes::new(),
@@ -322,7 +322,7 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
     io::Error::other(e)
 }
 
-impl AsyncRead for Tunnel {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tunnel<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -354,7 +354,7 @@ impl AsyncRead for Tunnel {
     }
 }
 
-impl AsyncWrite for Tunnel {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tunnel<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

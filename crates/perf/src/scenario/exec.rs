@@ -30,7 +30,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use skiff::stream::client::{LocalIo, PortForwarder, RemoteExit, remote_command};
+use skiff::stream::client::{
+    LocalIo, PortForwarder, RemoteExit, remote_command, remote_command_ws,
+};
 use skiff_cri::api;
 use skiff_cri::client::CriClient;
 use tokio::runtime::Runtime;
@@ -83,22 +85,42 @@ impl Sizes {
 }
 
 /// The latency cases, in report order.
-const CASES: [&str; 4] = [
+const CASES: [&str; 6] = [
     "ExecSync `true`",
-    "streaming exec `true`",
+    "streaming exec `true` (SPDY)",
     "  of which CRI Exec (URL)",
     "  of which SPDY session",
+    "streaming exec `true` (WebSocket)",
+    "  of which WebSocket session",
 ];
+
+/// The streaming transports compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Spdy,
+    WebSocket,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];
+
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Spdy => "SPDY",
+            Transport::WebSocket => "WebSocket (SPDY tunnelled)",
+        }
+    }
+}
 
 /// One system's samples.
 #[derive(Debug, Default)]
 struct Cell {
     /// ms, indexed like [`CASES`].
-    latency: [Vec<f64>; 4],
-    /// Download (pod → client) transfer times, ms.
-    down_ms: Vec<f64>,
-    /// Upload (client → pod) transfer times, ms.
-    up_ms: Vec<f64>,
+    latency: [Vec<f64>; 6],
+    /// Download (pod → client) transfer times, ms, per transport.
+    down_ms: [Vec<f64>; 2],
+    /// Upload (client → pod) transfer times, ms, per transport.
+    up_ms: [Vec<f64>; 2],
     errors: Vec<String>,
 }
 
@@ -138,8 +160,17 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
             if let Err(e) = worker.run_async(exec_sync(t.client.clone(), t.container.clone())) {
                 cell.errors.push(format!("warm-up ExecSync: {e}"));
             }
-            if let Err(e) = worker.run_async(stream_exec(t.client.clone(), t.container.clone())) {
-                cell.errors.push(format!("warm-up streaming exec: {e}"));
+            for transport in Transport::ALL {
+                if let Err(e) = worker.run_async(stream_exec(
+                    t.client.clone(),
+                    t.container.clone(),
+                    transport,
+                )) {
+                    cell.errors.push(format!(
+                        "warm-up streaming exec ({}): {e}",
+                        transport.label()
+                    ));
+                }
             }
         }
     }
@@ -158,13 +189,25 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
             let (Some(t), Some(cell)) = (targets.get(&kind), cells.get_mut(&kind)) else {
                 continue;
             };
-            match worker.run_async(stream_exec(t.client.clone(), t.container.clone())) {
-                Ok(s) => {
-                    cell.latency[1].push(ms(s.rpc + s.session));
-                    cell.latency[2].push(ms(s.rpc));
-                    cell.latency[3].push(ms(s.session));
+            for transport in Transport::ALL {
+                match worker.run_async(stream_exec(
+                    t.client.clone(),
+                    t.container.clone(),
+                    transport,
+                )) {
+                    Ok(s) if transport == Transport::Spdy => {
+                        cell.latency[1].push(ms(s.rpc + s.session));
+                        cell.latency[2].push(ms(s.rpc));
+                        cell.latency[3].push(ms(s.session));
+                    }
+                    Ok(s) => {
+                        cell.latency[4].push(ms(s.rpc + s.session));
+                        cell.latency[5].push(ms(s.session));
+                    }
+                    Err(e) => cell
+                        .errors
+                        .push(format!("streaming exec ({}): {e}", transport.label())),
                 }
-                Err(e) => cell.errors.push(format!("streaming exec: {e}")),
             }
         }
         if (i + 1).is_multiple_of(50) || i + 1 == sizes.execs {
@@ -181,22 +224,30 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
             let (Some(t), Some(cell)) = (targets.get(&kind), cells.get_mut(&kind)) else {
                 continue;
             };
-            match worker.run_async(forward(
-                t.client.clone(),
-                t.pod.clone(),
-                sizes.forward_bytes,
-            )) {
-                Ok(tr) => {
-                    match tr.down {
-                        Ok(d) => cell.down_ms.push(ms(d)),
-                        Err(e) => cell.errors.push(format!("port-forward download: {e}")),
+            for (ti, transport) in Transport::ALL.into_iter().enumerate() {
+                let what = transport.label();
+                match worker.run_async(forward(
+                    t.client.clone(),
+                    t.pod.clone(),
+                    sizes.forward_bytes,
+                    transport,
+                )) {
+                    Ok(tr) => {
+                        match tr.down {
+                            Ok(d) => cell.down_ms[ti].push(ms(d)),
+                            Err(e) => cell
+                                .errors
+                                .push(format!("port-forward download ({what}): {e}")),
+                        }
+                        match tr.up {
+                            Ok(d) => cell.up_ms[ti].push(ms(d)),
+                            Err(e) => cell
+                                .errors
+                                .push(format!("port-forward upload ({what}): {e}")),
+                        }
                     }
-                    match tr.up {
-                        Ok(d) => cell.up_ms.push(ms(d)),
-                        Err(e) => cell.errors.push(format!("port-forward upload: {e}")),
-                    }
+                    Err(e) => cell.errors.push(format!("port-forward ({what}): {e}")),
                 }
-                Err(e) => cell.errors.push(format!("port-forward: {e}")),
             }
         }
         say(&format!(
@@ -304,7 +355,11 @@ struct StreamSample {
     session: Duration,
 }
 
-async fn stream_exec(mut client: CriClient, container: String) -> Result<StreamSample, String> {
+async fn stream_exec(
+    mut client: CriClient,
+    container: String,
+    transport: Transport,
+) -> Result<StreamSample, String> {
     let req = api::ExecRequest {
         container_id: container,
         cmd: vec!["true".into()],
@@ -322,7 +377,13 @@ async fn stream_exec(mut client: CriClient, container: String) -> Result<StreamS
         stderr: Some(Box::new(tokio::io::sink())),
         ..LocalIo::default()
     };
-    let exit = tokio::time::timeout(SAMPLE_LIMIT, remote_command(&url, io))
+    let session = async {
+        match transport {
+            Transport::Spdy => remote_command(&url, io).await,
+            Transport::WebSocket => remote_command_ws(&url, io).await,
+        }
+    };
+    let exit = tokio::time::timeout(SAMPLE_LIMIT, session)
         .await
         .map_err(|_| format!("session at {url}: no exit status within {SAMPLE_LIMIT:?}"))?
         .map_err(|e| format!("session at {url}: {e}"))?;
@@ -342,13 +403,24 @@ struct Transfer {
     up: Result<Duration, String>,
 }
 
-async fn forward(mut client: CriClient, pod: String, bytes: u64) -> Result<Transfer, String> {
+async fn forward(
+    mut client: CriClient,
+    pod: String,
+    bytes: u64,
+    transport: Transport,
+) -> Result<Transfer, String> {
     let req = api::PortForwardRequest {
         pod_sandbox_id: pod,
         port: vec![i32::from(SOURCE_PORT), i32::from(SINK_PORT)],
     };
     let url = rpc(client.runtime.port_forward(req)).await?.url;
-    let fwd = tokio::time::timeout(SAMPLE_LIMIT, PortForwarder::dial(&url))
+    let dial = async {
+        match transport {
+            Transport::Spdy => PortForwarder::dial(&url).await,
+            Transport::WebSocket => PortForwarder::dial_ws(&url).await,
+        }
+    };
+    let fwd = tokio::time::timeout(SAMPLE_LIMIT, dial)
         .await
         .map_err(|_| format!("dialling {url}: no answer within {SAMPLE_LIMIT:?}"))?
         .map_err(|e| format!("dialling {url}: {e}"))?;
@@ -576,7 +648,9 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
          tty) returns a URL, then skiff's client (`skiff::stream::client::remote_command`) dials \
          it from inside the harness's network namespace, upgrades to SPDY/3.1, opens the error, \
          stdout and stderr streams and waits for the exit status; the total is RPC + session, \
-         timed on one thread. Nearest-rank percentiles.\n\n\
+         timed on one thread. The WebSocket case is the same over a WebSocket \
+         (`remote_command_ws`: `v5.channel.k8s.io`, else `v4`, as client-go's executor offers), \
+         each sample right after its SPDY twin. Nearest-rank percentiles.\n\n\
          | case | system | n | p50 | p95 | p99 | min | max |\n|---|---|---:|---:|---:|---:|---:|---:|",
         n = sizes.execs
     );
@@ -604,7 +678,7 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
             ""
         }
     );
-    for i in [0usize, 1] {
+    for i in [0usize, 1, 4] {
         let p50 = |k: Kind| p50s.get(&(i, k)).copied();
         target_row(b, CASES[i], 2, p50(Kind::Skiff), p50(Kind::Containerd), 0.5);
     }
@@ -620,20 +694,30 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
          -e sh -c 'echo ready; head -c N >/dev/null; echo done'`; timed from the greeting until \
          `done` came back. MB/s = bytes / time per transfer; p50 over the transfers. The pod side \
          is busybox nc (8 KiB reads and writes through `select`), the same for both systems.\n\n\
-         | direction | system | n | p50 MB/s | min MB/s | max MB/s | p50 time ms |\n\
-         |---|---|---:|---:|---:|---:|---:|",
+         Each transfer is made once over SPDY and once over a WebSocket carrying the same SPDY \
+         (`PortForwarder::dial_ws`, subprotocol `SPDY/3.1+portforward.k8s.io`, as client-go and \
+         `crictl --transport websocket` dial).\n\n\
+         | direction | transport | system | n | p50 MB/s | min MB/s | max MB/s | p50 time ms |\n\
+         |---|---|---|---:|---:|---:|---:|---:|",
         n = sizes.forwards,
         s = if sizes.forwards == 1 { "" } else { "s" },
         mib = sizes.forward_bytes >> 20
     );
-    for (dir, pick) in [
-        ("download (pod → client)", 0usize),
-        ("upload (client → pod)", 1),
+    for (dir, pick, ti) in [
+        ("download (pod → client)", 0usize, 0usize),
+        ("upload (client → pod)", 1, 0),
+        ("download (pod → client)", 0, 1),
+        ("upload (client → pod)", 1, 1),
     ] {
+        let tl = Transport::ALL[ti].label();
         let mut meds = BTreeMap::new();
         for kind in Kind::ALL {
             let c = cell(kind);
-            let times = if pick == 0 { &c.down_ms } else { &c.up_ms };
+            let times = if pick == 0 {
+                &c.down_ms[ti]
+            } else {
+                &c.up_ms[ti]
+            };
             let rates: Vec<f64> = times
                 .iter()
                 .map(|t| mb_per_s(sizes.forward_bytes, *t))
@@ -643,7 +727,7 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
                     meds.insert(kind, r.p50);
                     let _ = writeln!(
                         b,
-                        "| {dir} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                        "| {dir} | {tl} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                         kind.label(),
                         r.n,
                         r.p50,
@@ -654,20 +738,24 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
                 }
                 _ => {
                     let why = why(h, kind);
-                    let _ = writeln!(b, "| {dir} | {} | 0 | {why} | | | |", kind.label());
+                    let _ = writeln!(b, "| {dir} | {tl} | {} | 0 | {why} | | | |", kind.label());
                 }
             }
         }
         if let (Some(s), Some(c)) = (meds.get(&Kind::Skiff), meds.get(&Kind::Containerd)) {
             let _ = writeln!(
                 b,
-                "| {dir} | **skiff/containerd** | | **{}** | | | |",
+                "| {dir} | {tl} | **skiff/containerd** | | **{}** | | | |",
                 fmt_opt(ratio(Some(*s), Some(*c)), 2)
             );
         }
     }
 
-    for (i, case) in CASES.iter().enumerate().take(2) {
+    for (i, case) in CASES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| [0, 1, 4].contains(i))
+    {
         o.plot.push(Group {
             name: (*case).replace('`', ""),
             series: Kind::ALL
@@ -687,9 +775,9 @@ fn write_body(h: &mut Harness, o: &mut Outcome, cells: &BTreeMap<Kind, Cell>, si
                 .map(|k| Series {
                     system: k,
                     samples: if pick == 0 {
-                        cell(k).down_ms.clone()
+                        cell(k).down_ms[0].clone()
                     } else {
-                        cell(k).up_ms.clone()
+                        cell(k).up_ms[0].clone()
                     },
                 })
                 .collect(),
