@@ -499,11 +499,16 @@ fn leftovers(soak: &Soak) -> Vec<String> {
             left.push(format!("veth {name}"));
         }
     }
+    // /skiff is shared with every other test daemon running at the same time: only
+    // the cgroups of pods this skiffd logged are its own.
+    let log = std::fs::read_to_string(soak.dir.join("skiffd.log")).unwrap_or_default();
     for ctrl in ["memory", "pids", "cpu", ""] {
         let dir = Path::new("/sys/fs/cgroup").join(ctrl).join("skiff");
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                left.push(format!("cgroup {}", e.path().display()));
+                if log.contains(&*e.file_name().to_string_lossy()) {
+                    left.push(format!("cgroup {}", e.path().display()));
+                }
             }
         }
     }

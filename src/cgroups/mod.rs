@@ -476,9 +476,13 @@ impl Cgroups {
     /// The processes in the cgroup (`cgroup.procs` of the pids hierarchy, else memory, on v1).
     /// Empty when the cgroup does not exist.
     pub fn pids(&self, path: &str) -> Vec<u32> {
+        // Never the root cgroup: its processes are the whole node's, and callers kill them.
         let Ok(rel) = relative(path) else {
             return Vec::new();
         };
+        if rel.as_os_str().is_empty() {
+            return Vec::new();
+        }
         let file = if self.is_v2() {
             self.base.join(&rel).join("cgroup.procs")
         } else {

@@ -413,7 +413,7 @@ mod tests {
     fn accept_key_of_the_rfc_example() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaBxPbTCaWiZTKaT9w="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }

@@ -212,7 +212,11 @@ impl Shim {
                 format!("container {id}: bad pid {pid}"),
             );
         };
-        let early = self.reaper.take_early_exit(pid);
+        // Nothing was reaped while the runtime ran (it runs synchronously), so an exit
+        // recorded for this pid belongs to an earlier process that had it (pids wrap).
+        if self.reaper.take_early_exit(pid).is_some() {
+            note!("dropped a stale exit of pid {pid}, now container {id}");
+        }
         let output = Output::new(
             master.unwrap_or(out_r),
             (!tty).then_some(err_r),
@@ -237,11 +241,7 @@ impl Shim {
                 format!("container {id} exists in the shim"),
             );
         };
-        match early {
-            // It died before the runtime even wrote its pid: recorded like any exit.
-            Some(exit) => self.container_exited(key, exit),
-            None => self.reaper.own(pid, Owner::Init(key)),
-        }
+        self.reaper.own(pid, Owner::Init(key));
         Ok(Reply::Created { pid: pid_u32 })
     }
 
