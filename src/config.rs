@@ -35,6 +35,16 @@ pub const DEFAULT_CNI_BIN_DIR: &str = "/usr/lib/cni:/opt/cni/bin";
 pub const DEFAULT_REGISTRY_CONFIG_PATH: &str = "/etc/skiff/certs.d";
 /// Default streaming server address: loopback, ephemeral port.
 pub const DEFAULT_STREAMING_ADDRESS: &str = "127.0.0.1:0";
+/// Where NRI plugins connect (NRI's default).
+pub const DEFAULT_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
+/// Pre-installed NRI plugins (NRI's default).
+pub const DEFAULT_NRI_PLUGIN_PATH: &str = "/opt/nri/plugins";
+/// Their configuration files (NRI's default).
+pub const DEFAULT_NRI_PLUGIN_CONFIG_PATH: &str = "/etc/nri/conf.d";
+/// How long an NRI plugin has to register (NRI's default).
+pub const DEFAULT_NRI_REGISTRATION_TIMEOUT_MS: u64 = 5000;
+/// How long an NRI plugin has to answer an event (NRI's default).
+pub const DEFAULT_NRI_REQUEST_TIMEOUT_MS: u64 = 2000;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +100,28 @@ pub struct FileConfig {
     pub streaming: StreamingSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// NRI plugins.
+    pub nri: NriSection,
+}
+
+/// `[nri]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriSection {
+    /// Serve NRI plugins (default true).
+    pub enable: Option<bool>,
+    /// The socket external plugins connect to.
+    pub socket_path: Option<PathBuf>,
+    /// Pre-installed plugins (`NN-name` executables) launched at start.
+    pub plugin_path: Option<PathBuf>,
+    /// Their configuration files (`NN-name.conf` or `name.conf`).
+    pub plugin_config_path: Option<PathBuf>,
+    /// Milliseconds a plugin has to register, and to answer Configure and Synchronize.
+    pub registration_timeout_ms: Option<u64>,
+    /// Milliseconds a plugin has to answer an event.
+    pub request_timeout_ms: Option<u64>,
+    /// Only pre-installed plugins: no socket for external ones.
+    pub disable_connections: Option<bool>,
 }
 
 /// `[registry]`.
@@ -262,6 +294,23 @@ pub struct Config {
     pub streaming_limits: crate::stream::Limits,
     /// The host's cgroup layout, as detected.
     pub cgroup_mode: CgroupMode,
+    /// NRI, when enabled.
+    pub nri: Option<NriConfig>,
+}
+
+/// The effective `[nri]` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct NriConfig {
+    /// The socket, unless connections are disabled.
+    pub socket_path: Option<PathBuf>,
+    /// Pre-installed plugins.
+    pub plugin_path: PathBuf,
+    /// Their configuration files.
+    pub plugin_config_path: PathBuf,
+    /// Registration (and Configure, Synchronize) timeout.
+    pub registration_timeout: std::time::Duration,
+    /// Event timeout.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -524,7 +573,53 @@ impl Config {
                     ))
                 }
             };
+        let nri = if file.nri.enable.unwrap_or(true) {
+            let ms = |v: Option<u64>, key: &str, default: u64| match v {
+                None => Ok(std::time::Duration::from_millis(default)),
+                Some(v) if (1..=300_000).contains(&v) => Ok(std::time::Duration::from_millis(v)),
+                Some(v) => Err(invalid(
+                    key,
+                    format!("{v} is not between 1 and 300000 milliseconds"),
+                )),
+            };
+            let socket = path_or(&file.nri.socket_path, "nri.socket_path", DEFAULT_NRI_SOCKET)?;
+            if socket.as_os_str().len() > 107 {
+                return Err(invalid(
+                    "nri.socket_path",
+                    format!(
+                        "{} is longer than a unix socket path may be (107 bytes)",
+                        socket.display()
+                    ),
+                ));
+            }
+            Some(NriConfig {
+                socket_path: (!file.nri.disable_connections.unwrap_or(false)).then_some(socket),
+                plugin_path: path_or(
+                    &file.nri.plugin_path,
+                    "nri.plugin_path",
+                    DEFAULT_NRI_PLUGIN_PATH,
+                )?,
+                plugin_config_path: path_or(
+                    &file.nri.plugin_config_path,
+                    "nri.plugin_config_path",
+                    DEFAULT_NRI_PLUGIN_CONFIG_PATH,
+                )?,
+                registration_timeout: ms(
+                    file.nri.registration_timeout_ms,
+                    "nri.registration_timeout_ms",
+                    DEFAULT_NRI_REGISTRATION_TIMEOUT_MS,
+                )?,
+                request_timeout: ms(
+                    file.nri.request_timeout_ms,
+                    "nri.request_timeout_ms",
+                    DEFAULT_NRI_REQUEST_TIMEOUT_MS,
+                )?,
+            })
+        } else {
+            None
+        };
         Ok(Config {
+            nri,
             registry_config_path: path_or(
                 &file.registry.config_path,
                 "registry.config_path",
@@ -628,6 +723,21 @@ max_sessions = {max}
 [metrics]
 # host:port of the Prometheus endpoint (GET /metrics). Unset: no endpoint.
 # address = "127.0.0.1:1338"
+
+[nri]
+# Node Resource Interface plugins (containerd/nri): resource policies, device
+# injection, hook injection. Plugins started elsewhere connect to socket_path;
+# executables named NN-name in plugin_path are launched by skiffd at start.
+enable = true
+socket_path = "{DEFAULT_NRI_SOCKET}"
+plugin_path = "{DEFAULT_NRI_PLUGIN_PATH}"
+plugin_config_path = "{DEFAULT_NRI_PLUGIN_CONFIG_PATH}"   # NN-name.conf or name.conf
+# Milliseconds a plugin has to register (and answer Configure and Synchronize), and to
+# answer an event; a plugin that misses one is disconnected and skiff goes on without it.
+registration_timeout_ms = {DEFAULT_NRI_REGISTRATION_TIMEOUT_MS}
+request_timeout_ms = {DEFAULT_NRI_REQUEST_TIMEOUT_MS}
+# true: only the pre-installed plugins, no socket.
+disable_connections = false
 "#,
         idle = stream.idle_timeout.as_secs(),
         max = stream.max_sessions,
@@ -711,6 +821,13 @@ mod tests {
             "address",
             "idle_timeout",
             "max_sessions",
+            "enable",
+            "socket_path",
+            "plugin_path",
+            "plugin_config_path",
+            "registration_timeout_ms",
+            "request_timeout_ms",
+            "disable_connections",
         ] {
             assert!(text.contains(&format!("{key} =")), "{key} missing");
         }

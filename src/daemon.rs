@@ -282,6 +282,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         if let Err(e) = runtime.recover().await {
             tracing::error!(error = %e, "recovering pods and containers");
         }
+        // After recovery: a pre-installed plugin is synchronized with what survived.
+        if let Some(nri) = &config.nri {
+            runtime.start_nri(nri).await;
+        }
         let in_use: crate::images::InUse = {
             let rt = runtime.clone();
             Arc::new(move |id: &str| rt.containers_using(id))
@@ -326,7 +330,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         }
         let extra = tonic::service::Routes::default()
             .add_service(crate::admin::AdminService::server(images.clone()));
-        serve_until_signal(listener, ports, extra).await
+        let served = serve_until_signal(listener, ports, extra).await;
+        runtime.stop_nri();
+        served
     });
     // Only remove the socket we bound; a failure to bind leaves others' sockets alone.
     if !matches!(

@@ -38,6 +38,17 @@ fn unmount_image_volumes(bundle: &std::path::Path) {
     }
 }
 
+/// NRI's part in one CreateContainer.
+#[derive(Default)]
+struct NriCreate {
+    /// Held from before the plugins are asked until the container is visible.
+    creation: Option<skiff_nri::CreationGuard>,
+    /// Whether plugins were asked (a failure later must tell them it is gone).
+    delivered: bool,
+    /// What they answered, for the updates and evictions of other containers.
+    adjusted: Option<skiff_nri::Adjusted>,
+}
+
 fn ctr_name_key(c: &api::ContainerConfig, pod: &api::PodSandboxConfig) -> String {
     let m = c.metadata.clone().unwrap_or_default();
     let p = pod.metadata.clone().unwrap_or_default();
@@ -156,7 +167,10 @@ impl Runtime {
                 let _guard = rt.lock(&id).await;
                 if let Ok(Some(mut c)) = rt.container(&id) {
                     rt.record_exit(&mut c, exit);
-                    let _ = rt.save_container(&c);
+                    if let Err(e) = rt.save_container(&c) {
+                        tracing::warn!(container_id = %id, error = %e, "save the exit");
+                    }
+                    rt.nri_stopped(&mut c).await;
                 }
             }
         });
@@ -244,7 +258,7 @@ impl Runtime {
         &self,
         req: api::CreateContainerRequest,
     ) -> Result<String, RuntimeError> {
-        let p = self.must_pod(&req.pod_sandbox_id)?;
+        let p = self.visible_pod(&req.pod_sandbox_id)?;
         let _pod_guard = self.lock(&p.id).await;
         let p = self.must_pod(&p.id)?;
         if p.state != PodState::Ready {
@@ -275,6 +289,8 @@ impl Runtime {
         let log_path = spec::resolve_log_path(&pod_cfg.log_directory, &cfg.log_path)?;
         let id = super::new_id();
         let key = ctr_name_key(&cfg, &pod_cfg);
+        // Not visible through CRI until it is complete (and NRI plugins have seen it).
+        let hidden = super::nri::Hidden::new(&self.creating, &id);
         self.reserve(CONTAINER_NAMES, "container", &key, &id)?;
         let _guard = self.lock(&id).await;
         let bundle = self.config.state.join("containers").join(&id);
@@ -313,17 +329,59 @@ impl Runtime {
             stop_signal,
             name_key: key.clone(),
             volume_images: Vec::new(),
+            nri_stopped: false,
         };
+        let mut nri = NriCreate::default();
         let made = self
-            .make_container(&mut rec, &p, &pod_cfg, &cfg, &image, &image_config)
+            .make_container(
+                &mut rec,
+                &p,
+                &pod_cfg,
+                &cfg,
+                &image,
+                &image_config,
+                &mut nri,
+            )
             .await;
         match made {
             Ok(()) => {
+                // Visible from here on; only then may a joining plugin synchronize.
+                drop(hidden);
+                drop(nri.creation.take());
                 self.events
                     .publish(self.event(&rec, api::ContainerEventType::ContainerCreatedEvent));
+                if let Some(n) = self.nri() {
+                    if n.wants(skiff_nri::Event::PostCreateContainer)
+                        && let Err(e) = n
+                            .post_create_container(
+                                &self.nri_pod(&p),
+                                &self.nri_container(&rec, None),
+                            )
+                            .await
+                    {
+                        tracing::warn!(container_id = %id, error = %e, "NRI PostCreateContainer");
+                    }
+                    if let Some(adjusted) = nri.adjusted.take() {
+                        // Updates and evictions of other containers the plugins asked for.
+                        let n = n.clone();
+                        tokio::spawn(async move { n.apply_side_effects(&adjusted).await });
+                    }
+                }
                 Ok(id)
             }
             Err(e) => {
+                if nri.delivered
+                    && let Some(n) = self.nri()
+                {
+                    // Plugins that saw the creation learn the container is gone.
+                    let (pod, ctr) = (self.nri_pod(&p), self.nri_container(&rec, None));
+                    if let Err(e) = n.stop_container(&pod, &ctr).await {
+                        tracing::debug!(container_id = %id, error = %e, "NRI StopContainer of a failed creation");
+                    }
+                    if let Err(e) = n.remove_container(&pod, &ctr).await {
+                        tracing::debug!(container_id = %id, error = %e, "NRI RemoveContainer of a failed creation");
+                    }
+                }
                 let _ = shim::call(
                     &p.id,
                     &p.shim_socket,
@@ -340,6 +398,47 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Ask the NRI plugins about a container being created: each one's adjustment is
+    /// applied to its OCI spec, in plugin order.
+    async fn nri_create(
+        &self,
+        rec: &mut ContainerRecord,
+        p: &super::records::PodRecord,
+        oci: &mut oci_spec::runtime::Spec,
+        nri: &mut NriCreate,
+    ) -> Result<(), RuntimeError> {
+        let Some(n) = self.nri() else {
+            return Ok(());
+        };
+        nri.creation = Some(n.creating().await);
+        if !n.wants(skiff_nri::Event::CreateContainer)
+            && !n.wants(skiff_nri::Event::ValidateContainerAdjustment)
+        {
+            return Ok(());
+        }
+        let pod = self.nri_pod(p);
+        let ctr = self.nri_container(rec, Some(oci));
+        let limits = self.nri_limits();
+        let mut cgroups_path = None;
+        nri.delivered = true;
+        let adjusted = {
+            let rec: &ContainerRecord = rec;
+            let mut apply = |plugin: &str, adj: &skiff_nri::api::ContainerAdjustment| {
+                let applied = skiff_nri::apply::apply(oci, plugin, adj, &limits)?;
+                if applied.cgroups_path.is_some() {
+                    cgroups_path = applied.cgroups_path;
+                }
+                Ok(self.nri_container(rec, Some(oci)))
+            };
+            n.create_container(&pod, &ctr, &mut apply).await?
+        };
+        if let Some(cg) = cgroups_path {
+            rec.cgroups_path = cg;
+        }
+        nri.adjusted = Some(adjusted);
+        Ok(())
     }
 
     /// Resolve the image of every image volume (a CRI mount naming an image) and record
@@ -431,6 +530,7 @@ impl Runtime {
         Ok(cfg)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn make_container(
         &self,
         rec: &mut ContainerRecord,
@@ -439,6 +539,7 @@ impl Runtime {
         cfg: &api::ContainerConfig,
         image: &skiff_image::ImageRecord,
         image_config: &oci_spec::image::ImageConfiguration,
+        nri: &mut NriCreate,
     ) -> Result<(), RuntimeError> {
         let mut steps = super::pod::Steps::new();
         let rootfs = rec.rootfs();
@@ -494,7 +595,10 @@ impl Runtime {
             cgroups_path: rec.cgroups_path.clone(),
             host: &self.host,
         };
-        let oci = spec::build(&inputs)?;
+        let mut oci = spec::build(&inputs)?;
+        steps.mark("spec");
+        self.nri_create(rec, p, &mut oci, nri).await?;
+        steps.mark("nri");
         if let Some(u) = oci.process().as_ref().map(|p| p.user()) {
             rec.user = User {
                 uid: i64::from(u.uid()),
@@ -512,7 +616,7 @@ impl Runtime {
         let json =
             serde_json::to_vec(&oci).map_err(|e| RuntimeError::Invalid(format!("spec: {e}")))?;
         fs::write(&config_path, json).map_err(io_err("write", &config_path))?;
-        steps.mark("spec");
+        steps.mark("config.json");
         let reply = shim::call(
             &p.id,
             &p.shim_socket,
@@ -548,6 +652,15 @@ impl Runtime {
             )));
         }
         let p = self.must_pod(&c.pod_id)?;
+        let nri = self.nri().filter(|n| {
+            n.wants(skiff_nri::Event::StartContainer)
+                || n.wants(skiff_nri::Event::PostStartContainer)
+        });
+        if let Some(n) = nri {
+            // A plugin refusing the start leaves the container created.
+            n.start_container(&self.nri_pod(&p), &self.nri_container(&c, None))
+                .await?;
+        }
         // Taken before the call: a process that exits at once must not look as if
         // it finished before it started.
         let started_at = super::now_ns();
@@ -559,6 +672,12 @@ impl Runtime {
         )
         .await;
         if let Err(e) = started {
+            if matches!(e, RuntimeError::Shim { .. }) {
+                // The shim did not answer: the container may or may not have started.
+                // Nothing is recorded; if the shim is gone, its watcher reports the
+                // container exited with reason Unknown, as for any shim death.
+                return Err(e);
+            }
             // A container that could not start is finished, like containerd's StartError
             // (unless the shim recorded its exit meanwhile).
             self.refresh(&mut c);
@@ -579,6 +698,13 @@ impl Runtime {
         self.events
             .publish(self.event(&c, api::ContainerEventType::ContainerStartedEvent));
         self.watch(&c);
+        if let Some(n) = nri
+            && let Err(e) = n
+                .post_start_container(&self.nri_pod(&p), &self.nri_container(&c, None))
+                .await
+        {
+            tracing::warn!(container_id = %c.id, error = %e, "NRI PostStartContainer");
+        }
         Ok(())
     }
 
@@ -598,12 +724,15 @@ impl Runtime {
         };
         self.refresh(&mut c);
         if c.state == CtrState::Exited {
+            self.nri_stopped(&mut c).await;
             return Ok(());
         }
         let p = self.must_pod(&c.pod_id)?;
         if p.state != PodState::Ready {
             self.settle_exit(&mut c, None);
-            return self.save_container(&c);
+            self.save_container(&c)?;
+            self.nri_stopped(&mut c).await;
+            return Ok(());
         }
         let call = |req: Request, t: Option<Duration>| {
             let (pod, socket) = (p.id.clone(), p.shim_socket.clone());
@@ -652,7 +781,9 @@ impl Runtime {
         if let Some(e) = exit {
             self.record_exit(&mut c, e);
         }
-        self.save_container(&c)
+        self.save_container(&c)?;
+        self.nri_stopped(&mut c).await;
+        Ok(())
     }
 
     /// Stop (if needed) and remove a container: runtime state, rootfs, writable
@@ -666,8 +797,16 @@ impl Runtime {
         };
         self.stop_container_inner(&c.id, 0).await?;
         let _guard = self.lock(&c.id).await;
-        let Some(c) = self.container(&c.id)? else {
+        let Some(mut c) = self.container(&c.id)? else {
             return Ok(());
+        };
+        // Told it stopped before they hear it is removed.
+        self.nri_stopped(&mut c).await;
+        let nri_msgs = match (self.nri(), self.pod(&c.pod_id)) {
+            (Some(n), Ok(Some(p))) if n.wants(skiff_nri::Event::RemoveContainer) => {
+                Some((self.nri_pod(&p), self.nri_container(&c, None)))
+            }
+            _ => None,
         };
         if let Ok(Some(p)) = self.pod(&c.pod_id)
             && p.state == PodState::Ready
@@ -705,6 +844,11 @@ impl Runtime {
         self.release(CONTAINER_NAMES, &c.name_key);
         self.events
             .publish(self.event(&c, api::ContainerEventType::ContainerDeletedEvent));
+        if let (Some(n), Some((pod, ctr))) = (self.nri(), nri_msgs)
+            && let Err(e) = n.remove_container(&pod, &ctr).await
+        {
+            tracing::warn!(container_id = %c.id, error = %e, "NRI RemoveContainer");
+        }
         Ok(())
     }
 
@@ -794,6 +938,7 @@ impl ContainerPort for Service {
         let mut containers: Vec<api::Container> = rt
             .containers()?
             .into_iter()
+            .filter(|c| !rt.creating.contains(&c.id))
             .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
             .filter(|c| f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
             .map(|mut c| {
@@ -827,7 +972,7 @@ impl ContainerPort for Service {
         req: api::ContainerStatusRequest,
     ) -> PortResult<api::ContainerStatusResponse> {
         let rt = &self.0;
-        let mut c = rt.must_container(&req.container_id)?;
+        let mut c = rt.visible_container(&req.container_id)?;
         rt.refresh(&mut c);
         Ok(api::ContainerStatusResponse {
             status: Some(rt.container_status(&c)),
@@ -846,7 +991,29 @@ impl ContainerPort for Service {
         let Some(linux) = req.linux.as_ref() else {
             return Ok(api::UpdateContainerResourcesResponse {});
         };
-        let resources = spec::linux_resources(linux, self.0.host.cgroup_v2);
+        let mut resources = spec::linux_resources(linux, self.0.host.cgroup_v2);
+        let nri = self.0.nri().filter(|n| {
+            n.wants(skiff_nri::Event::UpdateContainer)
+                || n.wants(skiff_nri::Event::PostUpdateContainer)
+        });
+        let mut nri_msgs = None;
+        if let Some(n) = nri {
+            let rt = &self.0;
+            let c = rt.visible_container(&req.container_id)?;
+            let p = rt.must_pod(&c.pod_id)?;
+            let (pod, ctr) = (rt.nri_pod(&p), rt.nri_container(&c, None));
+            // Plugins may change what is applied (their answer for this container).
+            let wanted = skiff_nri::apply::resources_to_nri(&resources);
+            let merged = n
+                .update_container(&pod, &ctr, &wanted)
+                .await
+                .map_err(RuntimeError::Nri)?;
+            if merged != wanted {
+                skiff_nri::apply::apply_resources(&mut resources, "NRI", &merged, &rt.nri_limits())
+                    .map_err(super::nri::apply_err)?;
+            }
+            nri_msgs = Some((pod, ctr));
+        }
         let json = serde_json::to_string(&resources)
             .map_err(|e| RuntimeError::Invalid(format!("resources: {e}")))?;
         self.0
@@ -863,6 +1030,11 @@ impl ContainerPort for Service {
             cfg.linux.get_or_insert_with(Default::default).resources = Some(linux.clone());
             c.config = encode(&cfg);
             rt.save_container(&c)?;
+        }
+        if let (Some(n), Some((pod, ctr))) = (nri, nri_msgs)
+            && let Err(e) = n.post_update_container(&pod, &ctr).await
+        {
+            tracing::warn!(container_id = %req.container_id, error = %e, "NRI PostUpdateContainer");
         }
         Ok(api::UpdateContainerResourcesResponse {})
     }

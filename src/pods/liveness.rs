@@ -204,6 +204,7 @@ impl Runtime {
             if c.state != CtrState::Exited {
                 self.settle_exit(&mut c, Some(&message));
                 self.save_container(&c)?;
+                self.nri_stopped(&mut c).await;
             }
             if let Err(e) = self.unmount_container(&c).await {
                 tracing::warn!(container_id = %c.id, error = %e, "unmount after the shim died; tried again at RemoveContainer");

@@ -11,6 +11,7 @@ mod events;
 mod liveness;
 mod metrics;
 mod network;
+mod nri;
 mod pod;
 pub mod records;
 pub mod shim;
@@ -117,6 +118,9 @@ pub enum RuntimeError {
     /// The image store.
     #[error(transparent)]
     Image(#[from] skiff_image::ImageError),
+    /// An NRI plugin refused, or plugins' adjustments conflict.
+    #[error(transparent)]
+    Nri(#[from] skiff_nri::Error),
     /// The container's state machine refused a change.
     #[error(transparent)]
     Refused(#[from] records::Refused),
@@ -173,6 +177,10 @@ impl Classify for RuntimeError {
             RuntimeError::Cgroup(e) => e.kind(),
             RuntimeError::Meta(_) => ErrorKind::Internal,
             RuntimeError::Image(e) => crate::error::image_kind(e.kind()),
+            RuntimeError::Nri(
+                skiff_nri::Error::Refused { .. } | skiff_nri::Error::Adjustment(_),
+            ) => ErrorKind::FailedPrecondition,
+            RuntimeError::Nri(_) => ErrorKind::Internal,
         }
     }
 }
@@ -215,6 +223,10 @@ pub struct Runtime {
     metrics: Arc<crate::metrics::Metrics>,
     net: std::sync::OnceLock<Arc<network::PodNetwork>>,
     streaming: std::sync::OnceLock<Arc<crate::stream::Server>>,
+    nri: std::sync::OnceLock<Arc<skiff_nri::Adaptation>>,
+    nri_domain: std::sync::OnceLock<Arc<dyn skiff_nri::Domain>>,
+    /// Pods and containers being created, hidden from CRI until they are complete.
+    creating: nri::Creating,
 }
 
 impl Runtime {
@@ -246,6 +258,9 @@ impl Runtime {
             metrics: crate::metrics::Metrics::new(),
             net: std::sync::OnceLock::new(),
             streaming: std::sync::OnceLock::new(),
+            nri: std::sync::OnceLock::new(),
+            nri_domain: std::sync::OnceLock::new(),
+            creating: nri::Creating::default(),
         })
     }
 
@@ -335,6 +350,34 @@ impl Runtime {
         self.pod(id)?.ok_or_else(|| RuntimeError::NotFound {
             what: "pod sandbox",
             id: id.to_string(),
+        })
+    }
+
+    /// A pod as CRI may see it: not one still being created.
+    fn visible_pod(&self, id: &str) -> Result<PodRecord, RuntimeError> {
+        self.must_pod(id).and_then(|p| {
+            if self.creating.contains(&p.id) {
+                Err(RuntimeError::NotFound {
+                    what: "pod sandbox",
+                    id: id.to_string(),
+                })
+            } else {
+                Ok(p)
+            }
+        })
+    }
+
+    /// A container as CRI may see it: not one still being created.
+    fn visible_container(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+        self.must_container(id).and_then(|c| {
+            if self.creating.contains(&c.id) {
+                Err(RuntimeError::NotFound {
+                    what: "container",
+                    id: id.to_string(),
+                })
+            } else {
+                Ok(c)
+            }
         })
     }
 

@@ -210,6 +210,8 @@ impl Runtime {
         let sysctls = check_sysctls(&linux.sysctls, !host_net, !host_ipc)?;
         let id = super::new_id();
         let key = name_key(&c);
+        // Not visible through CRI until it is complete (and NRI plugins have seen it).
+        let hidden = super::nri::Hidden::new(&self.creating, &id);
         self.reserve(POD_NAMES, "pod sandbox", &key, &id)?;
         let _guard = self.lock(&id).await;
         let dir = self.pod_dir(&id);
@@ -237,10 +239,28 @@ impl Runtime {
             ip: None,
             host_veth: None,
         };
-        let made = self
+        let mut made = self
             .make_pod(&mut rec, &c, host_net, host_ipc, sysctls, &handler)
             .await;
-        match made {
+        // NRI plugins see the pod once its sandbox is up; a refusal undoes it. The
+        // creation guard is released only after the pod is visible (see skiff_nri).
+        let mut creation = None;
+        if made.is_ok()
+            && let Some(nri) = self.nri()
+        {
+            creation = Some(nri.creating().await);
+            if nri.wants(skiff_nri::Event::RunPodSandbox) {
+                let pod = self.nri_pod(&rec);
+                if let Err(e) = nri.run_pod_sandbox(&pod).await {
+                    // Plugins that took the pod before the refusal learn it is gone.
+                    if let Err(e) = nri.remove_pod_sandbox(&pod).await {
+                        tracing::debug!(pod_id = %id, error = %e, "NRI RemovePodSandbox of a refused pod");
+                    }
+                    made = Err(e.into());
+                }
+            }
+        }
+        let result = match made {
             Ok(()) => {
                 self.watch_shim(&id, rec.shim_pid);
                 Ok(id)
@@ -249,13 +269,19 @@ impl Runtime {
                 if let Err(net) = release_pod(self, &rec).await {
                     tracing::warn!(pod_id = %id, error = %net, "undo the pod's network");
                 }
-                let _ = fs::remove_dir_all(&dir);
-                let _ = fs::remove_dir(self.config.state.join("ns").join(&id));
+                // Its directories and its own cgroup (blocking, as at RemovePodSandbox).
+                let (rt, pod) = (self.clone(), rec.clone());
+                if let Err(e) = crate::blocking::spawn(move || rt.remove_pod_files(&pod)).await {
+                    tracing::warn!(pod_id = %id, error = %e, "undo the pod's files");
+                }
                 let _ = self.meta.delete(Table::PODS, &id);
                 self.release(POD_NAMES, &key);
                 Err(e)
             }
-        }
+        };
+        drop(hidden);
+        drop(creation);
+        result
     }
 
     async fn make_pod(
@@ -378,6 +404,14 @@ impl Runtime {
                 tracing::warn!(pod_id = %p.id, container_id = %c.id, error = %e, "stop container with its pod");
             }
         }
+        if p.state == PodState::Ready
+            && let Some(nri) = self.nri()
+            && nri.wants(skiff_nri::Event::StopPodSandbox)
+            && let Err(e) = nri.stop_pod_sandbox(&self.nri_pod(&p)).await
+        {
+            // The pod stops regardless: the kubelet would retry forever otherwise.
+            tracing::warn!(pod_id = %p.id, error = %e, "NRI StopPodSandbox");
+        }
         if p.state == PodState::Ready {
             // The shim goes down on purpose now: its end is no death.
             self.watchers.cancel(&p.id);
@@ -388,6 +422,7 @@ impl Runtime {
                     self.settle_exit(&mut c, None);
                     self.save_container(&c)?;
                 }
+                self.nri_stopped(&mut c).await;
             }
             p.state = PodState::NotReady;
             self.save_pod(&p)?;
@@ -407,6 +442,7 @@ impl Runtime {
         let mut steps = Steps::new();
         self.stop_pod(&p.id).await?;
         steps.mark("stop");
+        let nri_pod = self.nri().map(|_| self.nri_pod(&p));
         let containers: Vec<_> = self
             .containers()?
             .into_iter()
@@ -429,6 +465,11 @@ impl Runtime {
         self.meta.delete(Table::PODS, &p.id)?;
         self.release(POD_NAMES, &p.name_key);
         steps.mark("record");
+        if let (Some(nri), Some(pod)) = (self.nri(), nri_pod)
+            && let Err(e) = nri.remove_pod_sandbox(&pod).await
+        {
+            tracing::warn!(pod_id = %p.id, error = %e, "NRI RemovePodSandbox");
+        }
         tracing::debug!(pod_id = %p.id, steps = %steps, "pod sandbox removed");
         Ok(())
     }
@@ -578,6 +619,7 @@ fn kill_cgroup(rt: &Runtime, path: &str) {
 /// its running containers); one whose shim is gone is handled as a shim death while
 /// skiffd runs (its containers reported exited, reason `Unknown`, its resources released).
 pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
+    release_orphan_names(rt)?;
     for p in rt.pods()? {
         if p.state != PodState::Ready {
             continue;
@@ -612,6 +654,28 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Release the name reservations whose holder has no record: skiffd was killed
+/// between reserving a name and saving the object's first record, so nothing else
+/// would ever free the name.
+fn release_orphan_names(rt: &Runtime) -> Result<(), RuntimeError> {
+    for (table, records) in [
+        (super::POD_NAMES, Table::PODS),
+        (super::CONTAINER_NAMES, Table::CONTAINERS),
+    ] {
+        for (key, holder) in rt.meta.list::<String>(table)? {
+            if rt
+                .meta
+                .get::<serde_json::Value>(records, &holder)?
+                .is_none()
+            {
+                tracing::info!(name = %key, id = %holder, "releasing a name whose object was never recorded");
+                rt.release(table, &key);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Runtime {
     /// `UpdatePodSandboxResources`: the kubelet has already resized the pod's cgroup
     /// (the call comes after, and is best effort for it); skiff records the pod-level
@@ -633,13 +697,37 @@ impl Runtime {
         let mut cfg = pod_config(&p);
         let linux = cfg.linux.get_or_insert_with(Default::default);
         if req.resources.is_some() {
-            linux.resources = req.resources;
+            linux.resources = req.resources.clone();
         }
         if req.overhead.is_some() {
-            linux.overhead = req.overhead;
+            linux.overhead = req.overhead.clone();
+        }
+        let nri = self.nri().filter(|n| {
+            n.wants(skiff_nri::Event::UpdatePodSandbox)
+                || n.wants(skiff_nri::Event::PostUpdatePodSandbox)
+        });
+        if let Some(nri) = nri {
+            let v2 = self.host.cgroup_v2;
+            let res = |r: &Option<api::LinuxContainerResources>| {
+                r.as_ref().map(|r| {
+                    skiff_nri::apply::resources_to_nri(&crate::spec::linux_resources(r, v2))
+                })
+            };
+            nri.update_pod_sandbox(
+                &self.nri_pod(&p),
+                res(&req.overhead).as_ref(),
+                res(&req.resources).as_ref(),
+            )
+            .await?;
         }
         p.config = super::records::encode(&cfg);
-        self.save_pod(&p)
+        self.save_pod(&p)?;
+        if let Some(nri) = nri
+            && let Err(e) = nri.post_update_pod_sandbox(&self.nri_pod(&p)).await
+        {
+            tracing::warn!(pod_id = %p.id, error = %e, "NRI PostUpdatePodSandbox");
+        }
+        Ok(())
     }
 }
 
@@ -671,11 +759,11 @@ impl PodPort for Service {
         req: api::PodSandboxStatusRequest,
     ) -> PortResult<api::PodSandboxStatusResponse> {
         let rt = &self.0;
-        let p = rt.must_pod(&req.pod_sandbox_id)?;
+        let p = rt.visible_pod(&req.pod_sandbox_id)?;
         let containers_statuses = rt
             .containers()?
             .into_iter()
-            .filter(|c| c.pod_id == p.id)
+            .filter(|c| c.pod_id == p.id && !rt.creating.contains(&c.id))
             .map(|mut c| {
                 rt.refresh(&mut c);
                 rt.container_status(&c)
@@ -710,6 +798,7 @@ impl PodPort for Service {
         let mut items: Vec<api::PodSandbox> = rt
             .pods()?
             .into_iter()
+            .filter(|p| !rt.creating.contains(&p.id))
             .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
             .map(|p| {
                 let s = rt.pod_status(&p);

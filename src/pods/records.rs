@@ -172,6 +172,9 @@ pub struct ContainerRecord {
     /// Images mounted as image volumes (ids).
     #[serde(default)]
     pub volume_images: Vec<String>,
+    /// Whether NRI plugins were told it stopped.
+    #[serde(default)]
+    pub nri_stopped: bool,
 }
 
 impl ContainerRecord {

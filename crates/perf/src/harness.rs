@@ -140,6 +140,8 @@ pub struct Harness {
     pub hosts_dir: PathBuf,
     /// Notes on how the stage was set up, for the report.
     pub notes: Vec<String>,
+    /// The skiffd executable, for [`Harness::start_skiffd_with`].
+    skiffd: PathBuf,
 }
 
 impl Harness {
@@ -235,6 +237,7 @@ impl Harness {
             tmpfs,
             hosts_dir,
             notes: Vec::new(),
+            skiffd: opts.skiffd.clone(),
         };
 
         let sandbox = ImageBuilder::new()
@@ -256,7 +259,7 @@ impl Harness {
                 .into(),
         );
         h.containerd.state = h.start_containerd(opts);
-        h.skiff.state = h.start_skiffd(opts);
+        h.skiff.state = h.start_skiffd_with(Kind::Skiff.label(), "");
         Ok(h)
     }
 
@@ -356,17 +359,25 @@ impl Harness {
             Duration::from_secs(10),
         )
         .map_err(|e| format!("{e:#}"))?;
-        wait_ready(daemon, socket, root, dir, Kind::Containerd)
+        wait_ready(daemon, socket, root, dir, Kind::Containerd.label())
     }
 
-    fn start_skiffd(&self, opts: &Options) -> Result<Running, String> {
-        if !opts.skiffd.exists() {
+    /// Starts a skiffd in the namespace on its own root, state, socket, TMPDIR
+    /// and log under `<tmpfs>/<name>`, with a config of the harness's
+    /// `[registry]` table followed by `extra` (more TOML tables). Its pods go
+    /// under the cgroup `<run's cgroup>/<name>`. The harness's own skiffd is
+    /// `name` = `skiff` with nothing extra; scenarios that compare skiffd
+    /// configurations start more. The daemon stops when the returned
+    /// [`Running`] drops, or on a signal; what its pods leave is the harness's
+    /// leftover sweep's (it names the tmpfs).
+    pub fn start_skiffd_with(&self, name: &str, extra: &str) -> Result<Running, String> {
+        if !self.skiffd.exists() {
             return Err(format!(
                 "{} does not exist (build it: cargo build --release --bin skiffd)",
-                opts.skiffd.display()
+                self.skiffd.display()
             ));
         }
-        let dir = self.base().join("skiff");
+        let dir = self.base().join(name);
         let root = dir.join("root");
         let state = dir.join("state");
         let tmp = dir.join("tmp");
@@ -375,15 +386,26 @@ impl Harness {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
         let config_path = dir.join("config.toml");
+        // NRI on as a node runs it, but on a socket of this run's own (never the
+        // node's /var/run/nri, never a plugin the node has installed).
+        let nri = if extra.contains("[nri]") {
+            String::new()
+        } else {
+            format!(
+                "[nri]\nsocket_path = \"{}\"\nplugin_path = \"{}\"\n",
+                dir.join("nri.sock").display(),
+                dir.join("nri-plugins").display()
+            )
+        };
         std::fs::write(
             &config_path,
             format!(
-                "[registry]\nconfig_path = \"{}\"\n",
+                "[registry]\nconfig_path = \"{}\"\n{extra}{nri}",
                 self.hosts_dir.display()
             ),
         )
         .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
-        let mut cmd = self.nsenter(&opts.skiffd);
+        let mut cmd = self.nsenter(&self.skiffd);
         cmd.arg("--root")
             .arg(&root)
             .arg("--state")
@@ -401,7 +423,7 @@ impl Harness {
             Duration::from_secs(10),
         )
         .map_err(|e| format!("{e:#}"))?;
-        wait_ready(daemon, socket, root, dir, Kind::Skiff)
+        wait_ready(daemon, socket, root, dir, name)
     }
 }
 
@@ -412,7 +434,7 @@ fn wait_ready(
     socket: PathBuf,
     root: PathBuf,
     dir: PathBuf,
-    kind: Kind,
+    cgroup_name: &str,
 ) -> Result<Running, String> {
     let start = Instant::now();
     loop {
@@ -424,7 +446,7 @@ fn wait_ready(
                         root,
                         dir,
                         socket,
-                        cgroup_parent: format!("{}/{}", cgroup_root(), kind.label()),
+                        cgroup_parent: format!("{}/{cgroup_name}", cgroup_root()),
                         cri_version: format!("{} {}", v.runtime_name, v.runtime_version),
                         idle_rss_kib: sys::status_kib(daemon.pid(), "VmRSS"),
                         daemon,

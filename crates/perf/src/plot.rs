@@ -129,13 +129,24 @@ pub fn strip_chart(
         .draw()
         .map_err(|e| anyhow!("{e:?}"))?;
 
-    for kind in Kind::ALL {
+    // A chart of one system's samples (a scenario comparing configurations of
+    // one daemon) has no empty legend entry and its dots centred on the column.
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| {
+            groups
+                .iter()
+                .any(|g| g.series.iter().any(|s| s.system == *k))
+        })
+        .collect();
+    for &kind in &kinds {
         let c = color(kind);
+        let dx = if kinds.len() == 1 { 0.0 } else { offset(kind) };
         let mut dots = Vec::new();
         let mut bars = Vec::new();
         for (i, g) in groups.iter().enumerate() {
             for s in g.series.iter().filter(|s| s.system == kind) {
-                let x = i as f64 + offset(kind);
+                let x = i as f64 + dx;
                 dots.extend(
                     s.samples
                         .iter()

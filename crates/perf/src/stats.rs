@@ -13,6 +13,8 @@ pub struct Summary {
     pub n: usize,
     /// Median (nearest rank).
     pub p50: f64,
+    /// 90th percentile (nearest rank).
+    pub p90: f64,
     /// 95th percentile (nearest rank).
     pub p95: f64,
     /// 99th percentile (nearest rank).
@@ -21,6 +23,8 @@ pub struct Summary {
     pub min: f64,
     /// Largest sample.
     pub max: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
 }
 
 /// Milliseconds in `d`.
@@ -39,10 +43,12 @@ impl Summary {
         Some(Summary {
             n: s.len(),
             p50: nearest_rank(&s, 50.0),
+            p90: nearest_rank(&s, 90.0),
             p95: nearest_rank(&s, 95.0),
             p99: nearest_rank(&s, 99.0),
             min: s[0],
             max: s[s.len() - 1],
+            mean: s.iter().sum::<f64>() / s.len() as f64,
         })
     }
 }
@@ -95,7 +101,8 @@ mod tests {
         );
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         let s = Summary::of(&v).unwrap();
-        assert_eq!((s.p50, s.p95, s.p99), (50.0, 95.0, 99.0));
+        assert_eq!((s.p50, s.p90, s.p95, s.p99), (50.0, 90.0, 95.0, 99.0));
+        assert!((s.mean - 50.5).abs() < 1e-9);
         assert_eq!(Summary::of(&[7.0]).unwrap().p99, 7.0);
         assert!(Summary::of(&[]).is_none());
     }

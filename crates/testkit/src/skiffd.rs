@@ -79,6 +79,8 @@ pub struct Skiffd {
     pub state: PathBuf,
     /// Where stdout and stderr go.
     pub log: PathBuf,
+    /// The NRI socket (in the temp directory, unless the config sets `socket_path`).
+    pub nri_socket: PathBuf,
 }
 
 impl Skiffd {
@@ -100,6 +102,7 @@ impl Skiffd {
             root: base.join("root"),
             state: base.join("state"),
             log: base.join("skiffd.log"),
+            nri_socket: base.join("nri.sock"),
             dir,
         };
         d.spawn()?;
@@ -142,14 +145,30 @@ impl Skiffd {
             .arg(&self.state)
             .arg("--log-level")
             .arg("debug");
-        if let Some(toml) = &self.options.config_toml {
-            let path = self.dir.path().join("config.toml");
-            std::fs::write(&path, toml).map_err(|source| SkiffdError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            cmd.arg("--config").arg(path);
+        // Every test daemon gets its own NRI socket and plugin directory, so that two
+        // never share the node's defaults; a test's own `[nri]` table gets the keys it
+        // does not set.
+        let mut toml = self.options.config_toml.clone().unwrap_or_default();
+        let mut keys = String::new();
+        for (key, value) in [
+            ("socket_path", self.nri_socket.clone()),
+            ("plugin_path", self.dir.path().join("nri-plugins")),
+        ] {
+            if !toml.contains(&format!("{key} =")) {
+                keys.push_str(&format!("{key} = \"{}\"\n", value.display()));
+            }
         }
+        if toml.contains("[nri]\n") {
+            toml = toml.replacen("[nri]\n", &format!("[nri]\n{keys}"), 1);
+        } else {
+            toml.push_str(&format!("\n[nri]\n{keys}"));
+        }
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, toml).map_err(|source| SkiffdError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        cmd.arg("--config").arg(path);
         cmd.args(&self.options.args);
         cmd.envs(
             self.options

@@ -4,6 +4,7 @@ pub mod density;
 pub mod exec;
 pub mod logs;
 pub mod netsetup;
+pub mod nri;
 mod pods;
 pub mod podstart;
 pub mod pull;
@@ -26,17 +27,20 @@ pub enum Scenario {
     Exec,
     /// Pod network setup and teardown.
     NetSetup,
+    /// What NRI adds to skiffd's pod start.
+    Nri,
 }
 
 impl Scenario {
     /// All scenarios, in run order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Pull,
         Scenario::PodStart,
         Scenario::Density,
         Scenario::Logs,
         Scenario::Exec,
         Scenario::NetSetup,
+        Scenario::Nri,
     ];
 
     /// The command-line and file name.
@@ -48,6 +52,7 @@ impl Scenario {
             Scenario::Logs => "logs",
             Scenario::Exec => "exec",
             Scenario::NetSetup => "netsetup",
+            Scenario::Nri => "nri",
         }
     }
 
@@ -79,6 +84,10 @@ impl Scenario {
                 "pod network setup and teardown per pod: skiff's built-in bridge (in-process \
                  netlink) against the CNI plugins (bridge + host-local + loopback), in one run"
             }
+            Scenario::Nri => {
+                "skiffd's pod start (RunPodSandbox + CreateContainer + StartContainer) with NRI \
+                 off, on with no plugin, and on with one no-op plugin connected; skiffd only"
+            }
         }
     }
 
@@ -86,13 +95,19 @@ impl Scenario {
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
             Scenario::Pull | Scenario::PodStart | Scenario::Density | Scenario::NetSetup => None,
-            Scenario::Logs | Scenario::Exec => None,
+            Scenario::Logs | Scenario::Exec | Scenario::Nri => None,
         }
     }
 
     /// Whether the scenario runs against the daemons (netsetup runs in-process).
     pub fn needs_daemons(self) -> bool {
         self.not_implemented().is_none() && self != Scenario::NetSetup
+    }
+
+    /// Whether the scenario compares skiffd with containerd (the harness's two
+    /// daemons); `nri` compares skiffd configurations of its own instead.
+    pub fn compares_systems(self) -> bool {
+        self.needs_daemons() && self != Scenario::Nri
     }
 }
 

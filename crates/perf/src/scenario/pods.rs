@@ -1,4 +1,4 @@
-//! What `podstart` and `density` share: the workload image, pod specs, a
+//! What `podstart`, `density` and `nri` share: the workload image, pod specs, a
 //! sweep that removes every pod on the way out, the census of a system's
 //! shim processes, and the check that nothing is left.
 //!
@@ -47,12 +47,7 @@ pub fn shim_program(kind: Kind) -> &'static str {
 /// every running system, untimed, so no timed call pays for a pull. Returns
 /// the notes for the report: image, networking, namespace modes.
 pub fn prepare(h: &mut Harness, scenario: &str) -> anyhow::Result<Vec<String>> {
-    let image = ImageBuilder::new()
-        .layer(busybox_layer(Compression::Gzip).context("building the busybox image")?)
-        .cmd(["sh"])
-        .build();
-    h.push(WORKLOAD_REPO, WORKLOAD_TAG, &image)
-        .context("pushing the busybox image")?;
+    push_workload(h)?;
     let mut notes = Vec::new();
     for sys in h.systems() {
         let kind = sys.kind;
@@ -96,6 +91,16 @@ pub fn prepare(h: &mut Harness, scenario: &str) -> anyhow::Result<Vec<String>> {
             .into(),
     );
     Ok(notes)
+}
+
+/// Builds the busybox workload image and pushes it to the harness's registry.
+pub fn push_workload(h: &Harness) -> anyhow::Result<()> {
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(Compression::Gzip).context("building the busybox image")?)
+        .cmd(["sh"])
+        .build();
+    h.push(WORKLOAD_REPO, WORKLOAD_TAG, &image)
+        .context("pushing the busybox image")
 }
 
 /// What the report says about a system's pod networking, from CRI `Status`.
@@ -191,9 +196,14 @@ impl PodSweep {
 
     /// Guards the daemon `r` of `kind`; also removes the pods' cgroup parents.
     pub fn new(kind: Kind, r: &Running) -> PodSweep {
+        PodSweep::named(kind.label().to_owned(), r)
+    }
+
+    /// Guards the daemon `r`, called `label` in messages; also removes the
+    /// pods' cgroup parents.
+    pub fn named(label: String, r: &Running) -> PodSweep {
         let socket = r.socket.clone();
         let cgroups = r.cgroup_parent.clone();
-        let label = kind.label();
         PodSweep {
             _undo: Undo::register(format!("remove every pod on {label}"), move || {
                 for e in cri::remove_all_pods(&socket) {
