@@ -377,3 +377,77 @@ async fn invalid_port_mappings_are_refused_and_leave_nothing_behind() {
     }
     assert!(!ruleset(&env).contains("dnat to"));
 }
+
+/// At start-up skiffd deletes the veths on its bridge that no pod owns (left by a
+/// skiffd killed mid-setup), and nothing else: another bridge in the namespace and
+/// its ports stay, whatever they are named.
+#[tokio::test]
+async fn restart_deletes_only_the_stale_veths_of_its_own_bridge() {
+    let Some((mut env, mut c)) = common::net::setup(
+        "restart_deletes_only_the_stale_veths_of_its_own_bridge",
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod = run_pod(&mut c, &pod_config("kept", &logs, vec![]))
+        .await
+        .unwrap();
+    let ip = |args: &[&str]| {
+        let out = env.netns.command("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    // Another runtime's bridge with a port, both named like skiff's links.
+    ip(&["link", "add", "skother0", "type", "bridge"]);
+    ip(&["link", "add", "skforeign0001", "type", "veth", "peer", "name", "skforeignp01"]);
+    ip(&["link", "set", "skforeign0001", "master", "skother0"]);
+    // A stale port of skiffd's own bridge.
+    ip(&["link", "add", "skstale000001", "type", "veth", "peer", "name", "skstalep0001"]);
+    ip(&["link", "set", "skstale000001", "master", "skiff0"]);
+    drop(c);
+    env.skiffd.restart().expect("restart skiffd");
+    let mut c = env.skiffd.client().await;
+    let links = || {
+        let out = env.netns.command("ip").args(["-o", "link"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The socket is bound before skiffd reconciles (and serves only after): wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links().contains("skstale000001") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let links = links();
+    assert!(links.contains("skother0"), "{links}");
+    assert!(links.contains("skforeign0001"), "{links}");
+    assert!(!links.contains("skstale000001"), "{links}");
+    // The pod's own veth stays, and the pod still answers.
+    let status = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status.unwrap().state,
+        api::PodSandboxState::SandboxReady as i32
+    );
+    ip(&["link", "del", "skforeign0001"]);
+    ip(&["link", "del", "skother0"]);
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -331,13 +331,22 @@ impl BridgeNetwork {
 
     /// Host-side veth names of every pod link on the bridge (for leak checks).
     pub async fn pod_links(&self) -> Result<Vec<String>, NetError> {
+        use rtnetlink::packet_route::link::LinkAttribute;
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+            // Only ports of this bridge: another skiffd's bridge and veths in the same
+            // namespace (or anything else named sk…) are not ours.
+            let ours = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == self.bridge_index));
+            if !ours {
+                continue;
+            }
             for attr in &l.attributes {
-                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = attr
+                if let LinkAttribute::IfName(n) = attr
                     && n.starts_with("sk")
-                    && *n != self.cfg.bridge
                 {
                     out.push(n.clone());
                 }
