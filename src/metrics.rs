@@ -19,6 +19,8 @@
 //! | `skiff_streaming_sessions` | gauge | |
 //! | `skiff_network_setup_seconds` | histogram | (a pod's network, built-in or CNI) |
 //! | `skiff_network_teardown_seconds` | histogram | |
+//! | `skiff_nri_plugin_calls_total` | counter | `event`, `result` (`ok`, `refused`, `failed`, `unimplemented`) |
+//! | `skiff_nri_plugin_call_seconds` | histogram | `plugin` (`NN-name`), `event` |
 //! | `process_resident_memory_bytes`, `process_virtual_memory_bytes` | gauge | |
 //! | `process_cpu_seconds_total` | counter | |
 //! | `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, `process_threads` | gauge | |
@@ -48,6 +50,11 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
 
+fn fast_latency() -> Histogram {
+    // 50 µs … ~3.3 s: a plugin answers in well under a millisecond.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+}
+
 /// What the endpoint serves.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -57,6 +64,8 @@ pub struct Metrics {
     pull_seconds: Histogram,
     net_setup: Histogram,
     net_teardown: Histogram,
+    nri_calls: Family<Labels, Counter>,
+    nri_seconds: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +86,8 @@ impl Metrics {
             pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             net_setup: latency(),
             net_teardown: latency(),
+            nri_calls: Family::default(),
+            nri_seconds: Family::new_with_constructor(fast_latency),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,6 +121,16 @@ impl Metrics {
                 "Time to tear down a pod's network",
                 m.net_teardown.clone(),
             );
+            r.register(
+                "skiff_nri_plugin_calls",
+                "NRI events delivered to plugins, by event and result",
+                m.nri_calls.clone(),
+            );
+            r.register(
+                "skiff_nri_plugin_call_seconds",
+                "Time an NRI plugin took to answer an event, by plugin and event",
+                m.nri_seconds.clone(),
+            );
         }
         Arc::new(m)
     }
@@ -139,6 +160,20 @@ impl Metrics {
     /// A pod's network was torn down.
     pub fn network_teardown(&self, took: Duration) {
         self.net_teardown.observe(took.as_secs_f64());
+    }
+
+    /// An NRI event was delivered to a plugin.
+    pub fn nri_call(&self, c: &skiff_nri::Call<'_>) {
+        let event = c.event.name().to_string();
+        self.nri_calls
+            .get_or_create(&vec![
+                ("event", event.clone()),
+                ("result", c.result.to_string()),
+            ])
+            .inc();
+        self.nri_seconds
+            .get_or_create(&vec![("plugin", c.plugin.to_string()), ("event", event)])
+            .observe(c.took.as_secs_f64());
     }
 
     /// The text exposition.

@@ -366,7 +366,13 @@ async fn a_container_that_exits_by_itself_is_reported_stopped_once() {
 
 #[tokio::test]
 async fn objects_are_hidden_while_their_hooks_run_and_a_refusal_leaves_nothing() {
-    let Some((env, mut c)) = setup("nri_hidden", "").await else {
+    const METRICS: &str = "127.0.0.1:19091";
+    let Some((env, mut c)) = setup(
+        "nri_hidden",
+        &format!("[metrics]\naddress = \"{METRICS}\"\n"),
+    )
+    .await
+    else {
         return;
     };
     let r = Recorder::new(EventMask::all());
@@ -434,6 +440,20 @@ async fn objects_are_hidden_while_their_hooks_run_and_a_refusal_leaves_nothing()
     assert!(
         !mounts.contains(env.skiffd.state.join("containers").to_str().unwrap()),
         "a rootfs is still mounted"
+    );
+    // The metrics count the refusal and time the plugin's answers.
+    let text = common::scrape(&env, METRICS, "/metrics");
+    assert!(
+        text.contains(
+            r#"skiff_nri_plugin_calls_total{event="CreateContainer",result="refused"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"skiff_nri_plugin_call_seconds_count{plugin="10-gate",event="RunPodSandbox"}"#
+        ),
+        "{text}"
     );
     r.clear(Event::CreateContainer);
     let ctr = create(&mut c, &pod, &pod_cfg, ctr_config("refused", &["true"]))

@@ -1553,20 +1553,6 @@ async fn a_stopped_shim_is_killed_after_the_liveness_timeout() {
     );
 }
 
-/// GET `path` on `addr` from inside the test namespace; the response body.
-fn scrape(env: &RegistryEnv, addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let (addr, path) = (addr.to_string(), path.to_string());
-    env.netns.run(move || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    })
-}
-
 /// The value of the first series of `name` whose labels contain `labels`.
 fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
@@ -1597,7 +1583,7 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let text = scrape(&env, ADDR, "/metrics");
+                let text = common::scrape(&env, ADDR, "/metrics");
                 assert!(text.starts_with("HTTP/1.0 200"), "{text}");
                 n += 1;
             }
@@ -1617,7 +1603,7 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let scrapes = scraper.join().unwrap();
     assert!(scrapes > 0);
-    let text = scrape(&env, ADDR, "/metrics");
+    let text = common::scrape(&env, ADDR, "/metrics");
     let get = |name: &str, labels: &str| {
         metric(&text, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in:\n{text}"))
     };
@@ -1652,7 +1638,7 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
             verbose: false,
         })
         .await;
-    let text = scrape(&env, ADDR, "/metrics");
+    let text = common::scrape(&env, ADDR, "/metrics");
     assert_eq!(
         metric(
             &text,
@@ -1662,7 +1648,7 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
         Some(1.0),
         "{text}"
     );
-    assert!(scrape(&env, ADDR, "/other").starts_with("HTTP/1.0 404"));
+    assert!(common::scrape(&env, ADDR, "/other").starts_with("HTTP/1.0 404"));
     for pod in pods {
         c.runtime
             .remove_pod_sandbox(api::RemovePodSandboxRequest {
@@ -1671,7 +1657,7 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
             .await
             .unwrap();
     }
-    let text = scrape(&env, ADDR, "/metrics");
+    let text = common::scrape(&env, ADDR, "/metrics");
     assert_eq!(
         metric(&text, "skiff_pod_sandboxes", r#"state="ready""#),
         Some(0.0)

@@ -383,11 +383,8 @@ async fn invalid_port_mappings_are_refused_and_leave_nothing_behind() {
 /// its ports stay, whatever they are named.
 #[tokio::test]
 async fn restart_deletes_only_the_stale_veths_of_its_own_bridge() {
-    let Some((mut env, mut c)) = common::net::setup(
-        "restart_deletes_only_the_stale_veths_of_its_own_bridge",
-        "",
-    )
-    .await
+    let Some((mut env, mut c)) =
+        common::net::setup("restart_deletes_only_the_stale_veths_of_its_own_bridge", "").await
     else {
         return;
     };
@@ -401,16 +398,39 @@ async fn restart_deletes_only_the_stale_veths_of_its_own_bridge() {
     };
     // Another runtime's bridge with a port, both named like skiff's links.
     ip(&["link", "add", "skother0", "type", "bridge"]);
-    ip(&["link", "add", "skforeign0001", "type", "veth", "peer", "name", "skforeignp01"]);
+    ip(&[
+        "link",
+        "add",
+        "skforeign0001",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "skforeignp01",
+    ]);
     ip(&["link", "set", "skforeign0001", "master", "skother0"]);
     // A stale port of skiffd's own bridge.
-    ip(&["link", "add", "skstale000001", "type", "veth", "peer", "name", "skstalep0001"]);
+    ip(&[
+        "link",
+        "add",
+        "skstale000001",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "skstalep0001",
+    ]);
     ip(&["link", "set", "skstale000001", "master", "skiff0"]);
     drop(c);
     env.skiffd.restart().expect("restart skiffd");
     let mut c = env.skiffd.client().await;
     let links = || {
-        let out = env.netns.command("ip").args(["-o", "link"]).output().unwrap();
+        let out = env
+            .netns
+            .command("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // The socket is bound before skiffd reconciles (and serves only after): wait.

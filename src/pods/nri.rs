@@ -138,6 +138,10 @@ impl Runtime {
                 request_timeout: cfg.request_timeout,
                 runtime_name: "skiff".into(),
                 runtime_version: env!("CARGO_PKG_VERSION").into(),
+                observer: Some({
+                    let metrics = self.metrics.clone();
+                    Arc::new(move |c: &skiff_nri::Call<'_>| metrics.nri_call(c))
+                }),
             },
             weak,
         );

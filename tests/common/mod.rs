@@ -174,3 +174,18 @@ pub async fn pull(c: &mut skiff_cri::client::CriClient, image: &str) {
         .await
         .unwrap_or_else(|e| panic!("pull {image}: {e}"));
 }
+
+/// GET `path` on `addr` from inside the test namespace; the response body.
+pub fn scrape(env: &RegistryEnv, addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let (addr, path) = (addr.to_string(), path.to_string());
+    env.netns.run(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+}

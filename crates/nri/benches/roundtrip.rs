@@ -60,6 +60,7 @@ fn main() {
                 request_timeout: Duration::from_secs(2),
                 runtime_name: "skiff-bench".into(),
                 runtime_version: "0".into(),
+                observer: None,
             },
             Arc::downgrade(&domain),
         );

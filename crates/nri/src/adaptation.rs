@@ -303,7 +303,34 @@ impl Adaptation {
 
     /// Deliver one event to one plugin: the dedicated call, or StateChange for a plugin
     /// that does not have it.
+    /// Deliver `e` to `p`, telling the observer what it took.
     async fn deliver(&self, p: &Plugin, e: Event, s: &Subject<'_>) -> Result<Reply, CallError> {
+        let Some(observer) = &self.cfg.observer else {
+            return self.deliver_untimed(p, e, s).await;
+        };
+        let started = std::time::Instant::now();
+        let r = self.deliver_untimed(p, e, s).await;
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(CallError::Refused(_)) => "refused",
+            Err(CallError::Fatal(_)) => "failed",
+            Err(CallError::Unimplemented) => "unimplemented",
+        };
+        observer(&crate::Call {
+            plugin: &p.id.to_string(),
+            event: e,
+            took: started.elapsed(),
+            result,
+        });
+        r
+    }
+
+    async fn deliver_untimed(
+        &self,
+        p: &Plugin,
+        e: Event,
+        s: &Subject<'_>,
+    ) -> Result<Reply, CallError> {
         let name = e.name();
         let pod = Some(s.pod.clone());
         let container = s.container.cloned();

@@ -208,8 +208,26 @@ pub trait Domain: Send + Sync {
     async fn evict_container(&self, id: &str, reason: &str) -> Result<(), String>;
 }
 
+/// One event delivered to one plugin, as reported to [`Config::observer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The plugin, `NN-name`.
+    pub plugin: &'a str,
+    /// The event.
+    pub event: Event,
+    /// From sending the request to its answer (or the failure).
+    pub took: std::time::Duration,
+    /// `ok`, `refused` (the plugin answered an error), `failed` (timed out,
+    /// disconnected, garbage: the plugin is dropped) or `unimplemented`.
+    pub result: &'static str,
+}
+
+/// Told of every event delivery (for metrics); called on the delivering task, so it
+/// must be quick.
+pub type Observer = std::sync::Arc<dyn Fn(&Call<'_>) + Send + Sync>;
+
 /// Settings of the adaptation (skiffd's `[nri]` table).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// The socket external plugins connect to; `None` with `disable_connections`.
     pub socket_path: Option<PathBuf>,
@@ -225,4 +243,21 @@ pub struct Config {
     pub runtime_name: String,
     /// See `runtime_name`.
     pub runtime_version: String,
+    /// Told of every event delivery, when set.
+    pub observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("socket_path", &self.socket_path)
+            .field("plugin_path", &self.plugin_path)
+            .field("plugin_config_path", &self.plugin_config_path)
+            .field("registration_timeout", &self.registration_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("runtime_name", &self.runtime_name)
+            .field("runtime_version", &self.runtime_version)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }

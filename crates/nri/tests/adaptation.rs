@@ -68,6 +68,7 @@ async fn setup_with(request_timeout: Duration, plugin_dir: Option<std::path::Pat
             request_timeout,
             runtime_name: "skiff-test".into(),
             runtime_version: "0".into(),
+            observer: None,
         },
         weak,
     );
