@@ -291,7 +291,18 @@ impl Soak {
         let pod = self.pod(n, &cfg).await?;
         let code = i32::try_from(n % 100).unwrap_or(0);
         let long = n.is_multiple_of(8);
-        let ctr = self.container(n, &pod, &cfg, code, long).await?;
+        let killed = |s: &Self| s.tally.shims_killed.lock().unwrap().contains(&pod);
+        let ctr = match self.container(n, &pod, &cfg, code, long).await {
+            Ok(ctr) => ctr,
+            // Its shim was killed before the container was made: the pod is NotReady
+            // (CreateContainer says so), and a kubelet would replace it.
+            Err(e) if killed(self) => {
+                let _ = e;
+                self.remove_pod(&pod).await?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        };
         let started = self
             .retry("StartContainer", |mut c| {
                 let ctr = ctr.clone();
@@ -302,7 +313,6 @@ impl Soak {
                 }
             })
             .await;
-        let killed = |s: &Self| s.tally.shims_killed.lock().unwrap().contains(&pod);
         match started {
             Ok(_) => {}
             // Started before a crash hid the answer.
