@@ -772,3 +772,50 @@ async fn pre_installed_plugins_are_launched_with_their_configuration() {
         );
     }
 }
+
+/// skiffd killed while a container is being created (here: held in an NRI hook, after
+/// its record was saved and before the shim was asked): at restart the creation is
+/// undone, nothing is left, and the client's retry of the same name succeeds.
+#[tokio::test]
+async fn a_creation_cut_by_a_skiffd_crash_is_undone_at_restart() {
+    let Some((mut env, mut c)) = setup("nri_crash_create", "").await else {
+        return;
+    };
+    let r = Recorder::new(EventMask::all());
+    r.on(Event::CreateContainer, Action::Block);
+    let _p = plugin(&env, id("10", "hold"), r.clone()).await;
+    let logs = tempfile::tempdir().unwrap();
+    let pod_cfg = pod_config("nri-crash", logs.path());
+    let pod = run_pod(&mut c, &pod_cfg).await.unwrap();
+    let creating = {
+        let (mut c2, pod, pod_cfg) = (env.skiffd.client().await, pod.clone(), pod_cfg.clone());
+        tokio::spawn(
+            async move { create(&mut c2, &pod, &pod_cfg, ctr_config("cut", &["true"])).await },
+        )
+    };
+    r.wait_for(Duration::from_secs(10), |seen| {
+        seen.iter().any(|s| s.event == Event::CreateContainer)
+    })
+    .await
+    .expect("the plugin holds the creation");
+    env.skiffd.kill();
+    assert!(creating.await.unwrap().is_err(), "the call was cut");
+    r.release();
+    env.skiffd.restart().expect("restart skiffd");
+    let mut c = env.skiffd.client().await;
+    assert!(container_names(&mut c, &pod).await.is_empty());
+    let left: Vec<_> = std::fs::read_dir(env.skiffd.state.join("containers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(env.skiffd.state.join("containers").to_str().unwrap()),
+        "a rootfs is still mounted"
+    );
+    let ctr = create(&mut c, &pod, &pod_cfg, ctr_config("cut", &["true"]))
+        .await
+        .expect("the name is free again");
+    remove(&mut c, &ctr).await;
+    end_pod(&mut c, &pod).await;
+}

@@ -382,22 +382,31 @@ impl Runtime {
                         tracing::debug!(container_id = %id, error = %e, "NRI RemoveContainer of a failed creation");
                     }
                 }
-                let _ = shim::call(
-                    &p.id,
-                    &p.shim_socket,
-                    &Request::Delete { id: id.clone() },
-                    Some(shim::SHORT),
-                )
-                .await;
-                let _ = crate::sys::unmount(&rec.rootfs());
-                unmount_image_volumes(&bundle);
-                let _ = fs::remove_dir_all(&bundle);
-                let _ = fs::remove_dir_all(&layer_dir);
-                let _ = self.meta.delete(Table::CONTAINERS, &id);
-                self.release(CONTAINER_NAMES, &key);
+                debug_assert!(
+                    rec.bundle == bundle && rec.layer_dir == layer_dir && rec.name_key == key
+                );
+                self.undo_creation(&p, &rec).await;
                 Err(e)
             }
         }
+    }
+
+    /// Undo a creation that did not complete: the shim forgets the container, its
+    /// mounts and directories go, its record and name are released.
+    pub(super) async fn undo_creation(&self, p: &super::PodRecord, rec: &ContainerRecord) {
+        let _ = shim::call(
+            &p.id,
+            &p.shim_socket,
+            &Request::Delete { id: rec.id.clone() },
+            Some(shim::SHORT),
+        )
+        .await;
+        let _ = crate::sys::unmount(&rec.rootfs());
+        unmount_image_volumes(&rec.bundle);
+        let _ = fs::remove_dir_all(&rec.bundle);
+        let _ = fs::remove_dir_all(&rec.layer_dir);
+        let _ = self.meta.delete(Table::CONTAINERS, &rec.id);
+        self.release(CONTAINER_NAMES, &rec.name_key);
     }
 
     /// Ask the NRI plugins about a container being created: each one's adjustment is

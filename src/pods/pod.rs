@@ -615,6 +615,46 @@ fn kill_cgroup(rt: &Runtime, path: &str) {
     }
 }
 
+/// A container recorded as Created before its shim answered the create: skiffd died
+/// in between. The shim (whose loop ran the create to its end before answering this)
+/// either has it, and the container is complete, or not, and the creation is undone
+/// as a failed one would have been; the client, whose call never returned, retries.
+async fn finish_or_undo_creation(
+    rt: &Arc<Runtime>,
+    p: &PodRecord,
+    c: &mut super::records::ContainerRecord,
+) -> Result<(), RuntimeError> {
+    let state = shim::call(
+        &p.id,
+        &p.shim_socket,
+        &Request::State { id: c.id.clone() },
+        Some(shim::SHORT),
+    )
+    .await;
+    match state {
+        Ok(skiff_shim_proto::protocol::Reply::State { pid: Some(pid), .. }) => {
+            tracing::info!(container_id = %c.id, pid, "completing a creation skiffd was killed in");
+            c.pid = Some(pid);
+            rt.save_container(c)
+        }
+        Err(RuntimeError::ShimFailed(f))
+            if f.kind == skiff_shim_proto::protocol::FailureKind::NotFound =>
+        {
+            tracing::info!(container_id = %c.id, "undoing a creation skiffd was killed in");
+            rt.undo_creation(p, c).await;
+            Ok(())
+        }
+        Ok(other) => {
+            tracing::warn!(container_id = %c.id, reply = ?other, "unexpected state of a container whose creation was interrupted");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(container_id = %c.id, error = %e, "state of a container whose creation was interrupted");
+            Ok(())
+        }
+    }
+}
+
 /// Reconnect after a restart: a pod whose shim answers is watched again (the shim and
 /// its running containers); one whose shim is gone is handled as a shim death while
 /// skiffd runs (its containers reported exited, reason `Unknown`, its resources released).
@@ -634,9 +674,11 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
         match pong {
             Ok(skiff_shim_proto::protocol::Reply::Pong { pid, .. }) if pid == p.shim_pid => {
                 rt.watch_shim(&p.id, pid);
-                for c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
+                for mut c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
                     if c.state == CtrState::Running {
                         rt.watch(&c);
+                    } else if c.state == CtrState::Created && c.pid.is_none() {
+                        finish_or_undo_creation(rt, &p, &mut c).await?;
                     }
                 }
             }
