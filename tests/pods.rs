@@ -1667,3 +1667,68 @@ async fn metrics_endpoint_reports_cri_calls_pulls_pods_and_the_process() {
         Some(10.0)
     );
 }
+
+/// skiffd killed after asking the shim to start a container and before recording
+/// it (here: the shim is stopped while the request waits in its socket): after the
+/// restart it is recorded as started, and its exit is its own.
+#[tokio::test]
+async fn a_start_cut_by_a_skiffd_crash_is_recorded_at_restart() {
+    let Some((mut env, mut c)) = setup("start_cut_by_a_crash").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("cut-start", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let ctr = create(
+        &mut c,
+        &pod,
+        &pod_cfg,
+        ctr_config("cut", &["sh", "-c", "exit 7"]),
+    )
+    .await
+    .expect("CreateContainer");
+    let shim =
+        rustix::process::Pid::from_raw(i32::try_from(shim_pid(&env.skiffd.state, &pod)).unwrap())
+            .unwrap();
+    rustix::process::kill_process(shim, rustix::process::Signal::STOP).unwrap();
+    let starting = {
+        let (mut c2, ctr) = (env.skiffd.client().await, ctr.clone());
+        tokio::spawn(async move {
+            c2.runtime
+                .start_container(api::StartContainerRequest { container_id: ctr })
+                .await
+        })
+    };
+    // The request reaches the stopped shim's socket; then skiffd dies waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.skiffd.kill();
+    assert!(starting.await.unwrap().is_err(), "the call was cut");
+    rustix::process::kill_process(shim, rustix::process::Signal::CONT).unwrap();
+    env.skiffd.restart().expect("restart skiffd");
+    let mut c = env.skiffd.client().await;
+    // It ran: its exit is its own code, not a StartError, and a second
+    // StartContainer is refused without changing that.
+    let s = wait_state(&mut c, &ctr, api::ContainerState::ContainerExited).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{s:?}");
+    assert!(s.started_at > 0 && s.started_at <= s.finished_at, "{s:?}");
+    let again = c
+        .runtime
+        .start_container(api::StartContainerRequest {
+            container_id: ctr.clone(),
+        })
+        .await;
+    assert!(again.is_err());
+    assert_eq!(status(&mut c, &ctr).await.exit_code, 7);
+    c.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -615,15 +615,19 @@ fn kill_cgroup(rt: &Runtime, path: &str) {
     }
 }
 
-/// A container recorded as Created before its shim answered the create: skiffd died
-/// in between. The shim (whose loop ran the create to its end before answering this)
-/// either has it, and the container is complete, or not, and the creation is undone
-/// as a failed one would have been; the client, whose call never returned, retries.
-async fn finish_or_undo_creation(
+/// A container recorded as Created may be further along in its shim: skiffd died
+/// after asking the shim to create or start it and before recording the answer. The
+/// shim (whose loop finished that request before answering this one) says where it
+/// is: created (its pid is recorded), started (it is recorded Running and watched,
+/// so its exit is reported as any other), or unknown when it was never created (the
+/// creation is undone as a failed one would have been; the client, whose call never
+/// returned, retries).
+async fn reconcile_created(
     rt: &Arc<Runtime>,
     p: &PodRecord,
     c: &mut super::records::ContainerRecord,
 ) -> Result<(), RuntimeError> {
+    use skiff_shim_proto::protocol::{FailureKind, Reply, Status};
     let state = shim::call(
         &p.id,
         &p.shim_socket,
@@ -632,24 +636,32 @@ async fn finish_or_undo_creation(
     )
     .await;
     match state {
-        Ok(skiff_shim_proto::protocol::Reply::State { pid: Some(pid), .. }) => {
-            tracing::info!(container_id = %c.id, pid, "completing a creation skiffd was killed in");
-            c.pid = Some(pid);
+        Ok(Reply::State { status, pid, exit }) => {
+            if c.pid.is_none() {
+                c.pid = pid;
+            }
+            if status != Status::Created {
+                tracing::info!(container_id = %c.id, "recording a start skiffd was killed in");
+                // Started between the request and now; before its exit, if it exited.
+                c.started_at = exit.map_or(super::now_ns(), |e| e.at_ns.min(super::now_ns()));
+                c.transition(CtrState::Running)?;
+                rt.save_container(c)?;
+                rt.watch(c);
+                return Ok(());
+            }
             rt.save_container(c)
         }
-        Err(RuntimeError::ShimFailed(f))
-            if f.kind == skiff_shim_proto::protocol::FailureKind::NotFound =>
-        {
+        Err(RuntimeError::ShimFailed(f)) if f.kind == FailureKind::NotFound && c.pid.is_none() => {
             tracing::info!(container_id = %c.id, "undoing a creation skiffd was killed in");
             rt.undo_creation(p, c).await;
             Ok(())
         }
         Ok(other) => {
-            tracing::warn!(container_id = %c.id, reply = ?other, "unexpected state of a container whose creation was interrupted");
+            tracing::warn!(container_id = %c.id, reply = ?other, "unexpected answer to State at recovery");
             Ok(())
         }
         Err(e) => {
-            tracing::warn!(container_id = %c.id, error = %e, "state of a container whose creation was interrupted");
+            tracing::warn!(container_id = %c.id, error = %e, "state of a created container at recovery");
             Ok(())
         }
     }
@@ -677,8 +689,8 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
                 for mut c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
                     if c.state == CtrState::Running {
                         rt.watch(&c);
-                    } else if c.state == CtrState::Created && c.pid.is_none() {
-                        finish_or_undo_creation(rt, &p, &mut c).await?;
+                    } else if c.state == CtrState::Created {
+                        reconcile_created(rt, &p, &mut c).await?;
                     }
                 }
             }
