@@ -401,12 +401,37 @@ impl Runtime {
             Some(shim::SHORT),
         )
         .await;
-        let _ = crate::sys::unmount(&rec.rootfs());
-        unmount_image_volumes(&rec.bundle);
-        let _ = fs::remove_dir_all(&rec.bundle);
-        let _ = fs::remove_dir_all(&rec.layer_dir);
+        // Unmounting and removing directories block: off the async workers.
+        let (rootfs, bundle, layer_dir) = (rec.rootfs(), rec.bundle.clone(), rec.layer_dir.clone());
+        let undone = crate::blocking::spawn(move || {
+            let _ = crate::sys::unmount(&rootfs);
+            unmount_image_volumes(&bundle);
+            let _ = fs::remove_dir_all(&bundle);
+            let _ = fs::remove_dir_all(&layer_dir);
+        })
+        .await;
+        if let Err(e) = undone {
+            tracing::warn!(container_id = %rec.id, error = %e, "undo a creation's files");
+        }
         let _ = self.meta.delete(Table::CONTAINERS, &rec.id);
         self.release(CONTAINER_NAMES, &rec.name_key);
+    }
+
+    /// The shim started `c` but skiffd did not record it (the answer was lost to a
+    /// crash or a timeout): record it Running, started before its exit if it exited,
+    /// and watch it, so its real exit is reported like any other.
+    pub(super) fn record_started(
+        self: &Arc<Self>,
+        c: &mut ContainerRecord,
+        exit: Option<Exit>,
+    ) -> Result<(), RuntimeError> {
+        c.started_at = exit.map_or(super::now_ns(), |e| e.at_ns.min(super::now_ns()));
+        c.transition(CtrState::Running)?;
+        self.save_container(c)?;
+        self.events
+            .publish(self.event(c, api::ContainerEventType::ContainerStartedEvent));
+        self.watch(c);
+        Ok(())
     }
 
     /// Ask the NRI plugins about a container being created: each one's adjustment is
@@ -686,6 +711,21 @@ impl Runtime {
                 // Nothing is recorded; if the shim is gone, its watcher reports the
                 // container exited with reason Unknown, as for any shim death.
                 return Err(e);
+            }
+            // The shim may have started it already: an earlier StartContainer whose
+            // answer was lost (it timed out) went through after all.
+            if let Ok(Reply::State { status, exit, .. }) = shim::call(
+                &p.id,
+                &p.shim_socket,
+                &Request::State { id: c.id.clone() },
+                Some(shim::SHORT),
+            )
+            .await
+                && status != skiff_shim_proto::protocol::Status::Created
+            {
+                tracing::info!(container_id = %c.id, "the shim had started it already; recording that");
+                self.record_started(&mut c, exit)?;
+                return Ok(());
             }
             // A container that could not start is finished, like containerd's StartError
             // (unless the shim recorded its exit meanwhile).

@@ -642,12 +642,7 @@ async fn reconcile_created(
             }
             if status != Status::Created {
                 tracing::info!(container_id = %c.id, "recording a start skiffd was killed in");
-                // Started between the request and now; before its exit, if it exited.
-                c.started_at = exit.map_or(super::now_ns(), |e| e.at_ns.min(super::now_ns()));
-                c.transition(CtrState::Running)?;
-                rt.save_container(c)?;
-                rt.watch(c);
-                return Ok(());
+                return rt.record_started(c, exit);
             }
             rt.save_container(c)
         }
@@ -671,7 +666,11 @@ async fn reconcile_created(
 /// its running containers); one whose shim is gone is handled as a shim death while
 /// skiffd runs (its containers reported exited, reason `Unknown`, its resources released).
 pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
-    release_orphan_names(rt)?;
+    // Each step reports its own failure and recovery goes on: one bad record must not
+    // leave every other pod unwatched.
+    if let Err(e) = release_orphan_names(rt) {
+        tracing::error!(error = %e, "releasing names whose object was never recorded");
+    }
     for p in rt.pods()? {
         if p.state != PodState::Ready {
             continue;
@@ -685,14 +684,18 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
         .await;
         match pong {
             Ok(skiff_shim_proto::protocol::Reply::Pong { pid, .. }) if pid == p.shim_pid => {
-                rt.watch_shim(&p.id, pid);
                 for mut c in rt.containers()?.into_iter().filter(|c| c.pod_id == p.id) {
                     if c.state == CtrState::Running {
                         rt.watch(&c);
-                    } else if c.state == CtrState::Created {
-                        reconcile_created(rt, &p, &mut c).await?;
+                    } else if c.state == CtrState::Created
+                        && let Err(e) = reconcile_created(rt, &p, &mut c).await
+                    {
+                        tracing::error!(container_id = %c.id, error = %e, "reconciling a created container with its shim");
                     }
                 }
+                // After the containers are settled: a shim death handled meanwhile
+                // would race with the reconciliation's own record writes.
+                rt.watch_shim(&p.id, pid);
             }
             _ => {
                 rt.shim_gone(
