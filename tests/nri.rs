@@ -135,21 +135,6 @@ async fn remove(c: &mut CriClient, id: &str) {
         .expect("RemoveContainer");
 }
 
-async fn end_pod(c: &mut CriClient, id: &str) {
-    c.runtime
-        .stop_pod_sandbox(api::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    c.runtime
-        .remove_pod_sandbox(api::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("RemovePodSandbox");
-}
-
 async fn status(c: &mut CriClient, id: &str) -> (api::ContainerStatus, serde_json::Value) {
     let r = c
         .runtime
@@ -276,7 +261,7 @@ async fn a_plugin_sees_every_event_in_order_and_its_adjustments_reach_the_contai
     stop(&mut c, &ctr).await;
     stop(&mut c, &ctr).await; // a second stop is no second event
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
     // A second stop of the pod is no event either.
     c.runtime
         .stop_pod_sandbox(api::StopPodSandboxRequest {
@@ -356,7 +341,7 @@ async fn a_container_that_exits_by_itself_is_reported_stopped_once() {
     assert_eq!(st.exit_code, 3);
     stop(&mut c, &ctr).await;
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
     let stops = events_of(&r, &ctr)
         .into_iter()
         .filter(|e| *e == Event::StopContainer)
@@ -484,8 +469,8 @@ async fn objects_are_hidden_while_their_hooks_run_and_a_refusal_leaves_nothing()
     assert!(!env.skiffd.state.join("pods").join(&refused).exists());
     r.clear(Event::RunPodSandbox);
     let pod3 = run_pod(&mut c, &pod_cfg3).await.unwrap();
-    end_pod(&mut c, &pod3).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod3).await;
+    common::end_pod(&mut c, &pod).await;
 }
 
 #[tokio::test]
@@ -527,7 +512,7 @@ async fn a_plugin_that_hangs_or_dies_is_dropped_and_pods_go_on() {
         .expect("the start goes on when the plugin goes")
         .unwrap();
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
 }
 
 #[tokio::test]
@@ -595,7 +580,7 @@ async fn a_late_plugin_learns_every_container_including_ones_made_while_it_synch
     for id in [&before, &during] {
         remove(&mut c, id).await;
     }
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
 }
 
 #[tokio::test]
@@ -628,7 +613,7 @@ async fn conflicting_adjustments_fail_the_creation_naming_both_plugins() {
         "{e:?}"
     );
     assert!(container_names(&mut c, &pod).await.is_empty());
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
 }
 
 #[tokio::test]
@@ -716,7 +701,7 @@ async fn plugins_update_and_evict_running_containers() {
         "{st:?}"
     );
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
 }
 
 #[tokio::test]
@@ -758,7 +743,7 @@ async fn pre_installed_plugins_are_launched_with_their_configuration() {
     let (_, info) = status(&mut c, &ctr).await;
     assert_eq!(info["runtimeSpec"]["annotations"]["launched"], "by-skiffd");
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
     let text = std::fs::read_to_string(&log).unwrap();
     for e in [
         "RunPodSandbox",
@@ -817,5 +802,5 @@ async fn a_creation_cut_by_a_skiffd_crash_is_undone_at_restart() {
         .await
         .expect("the name is free again");
     remove(&mut c, &ctr).await;
-    end_pod(&mut c, &pod).await;
+    common::end_pod(&mut c, &pod).await;
 }

@@ -1719,16 +1719,5 @@ async fn a_start_cut_by_a_skiffd_crash_is_recorded_at_restart() {
         .await;
     assert!(again.is_err());
     assert_eq!(status(&mut c, &ctr).await.exit_code, 7);
-    c.runtime
-        .stop_pod_sandbox(api::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    c.runtime
-        .remove_pod_sandbox(api::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    common::end_pod(&mut c, &pod).await;
 }

@@ -458,16 +458,5 @@ async fn restart_deletes_only_the_stale_veths_of_its_own_bridge() {
     );
     ip(&["link", "del", "skforeign0001"]);
     ip(&["link", "del", "skother0"]);
-    c.runtime
-        .stop_pod_sandbox(api::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    c.runtime
-        .remove_pod_sandbox(api::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    common::end_pod(&mut c, &pod).await;
 }

@@ -189,3 +189,19 @@ pub fn scrape(env: &RegistryEnv, addr: &str, path: &str) -> String {
         text
     })
 }
+
+/// StopPodSandbox then RemovePodSandbox, both expected to succeed.
+pub async fn end_pod(c: &mut skiff_cri::client::CriClient, id: &str) {
+    c.runtime
+        .stop_pod_sandbox(skiff_cri::api::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    c.runtime
+        .remove_pod_sandbox(skiff_cri::api::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
