@@ -100,6 +100,8 @@ pub struct FileConfig {
     pub streaming: StreamingSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// Image layers on disk.
+    pub images: ImagesSection,
     /// NRI plugins.
     pub nri: NriSection,
 }
@@ -122,6 +124,14 @@ pub struct NriSection {
     pub request_timeout_ms: Option<u64>,
     /// Only pre-installed plugins: no socket for external ones.
     pub disable_connections: Option<bool>,
+}
+
+/// `[images]`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesSection {
+    /// Flush a layer's files to disk before recording it (default true).
+    pub durable: Option<bool>,
 }
 
 /// `[registry]`.
@@ -267,6 +277,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Registry hosts directory.
     pub registry_config_path: PathBuf,
+    /// Flush pulled layers to disk before recording them (skipped on tmpfs roots).
+    pub images_durable: bool,
     /// Network mode.
     pub network_mode: NetworkMode,
     /// The pod CIDR.
@@ -625,6 +637,7 @@ impl Config {
                 "registry.config_path",
                 DEFAULT_REGISTRY_CONFIG_PATH,
             )?,
+            images_durable: file.images.durable.unwrap_or(true),
             network_mode: file.network.mode.unwrap_or_default(),
             pod_cidr,
             pod_cidr_from_file: pod_cidr_text.is_some(),
@@ -685,6 +698,13 @@ socket = "{DEFAULT_SOCKET}" # the CRI socket (mode 0660)
 # A directory of <host[:port]>/hosts.toml files (containerd's certs.d format): mirrors,
 # plain-HTTP registries, CAs. A registry without one is reached over HTTPS.
 config_path = "{DEFAULT_REGISTRY_CONFIG_PATH}"
+
+[images]
+# Flush each layer's files to disk before recording the layer as pulled, so a power cut
+# cannot leave a recorded layer with missing or empty files. One syncfs per layer (it
+# also writes out what other processes have dirty on that filesystem). Never done when
+# root is on tmpfs or ramfs; false skips it everywhere.
+durable = true
 
 [network]
 # "bridge": skiff's built-in netlink bridge, veth pairs and IPAM. "cni": the first network
@@ -828,6 +848,7 @@ mod tests {
             "registration_timeout_ms",
             "request_timeout_ms",
             "disable_connections",
+            "durable",
         ] {
             assert!(text.contains(&format!("{key} =")), "{key} missing");
         }
@@ -844,6 +865,13 @@ mod tests {
         assert_eq!(c.bridge, "skiff0");
         assert_eq!(c.default_handler, "runc");
         assert_eq!(c.network_mode, NetworkMode::Bridge);
+        assert!(c.images_durable);
+        assert!(
+            !resolve("[images]\ndurable = false\n")
+                .unwrap()
+                .images_durable
+        );
+        assert!(resolve("[images]\ndurable = \"no\"\n").is_err());
         assert_eq!(
             c.cni_bin_dirs,
             [PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]

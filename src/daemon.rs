@@ -201,6 +201,7 @@ pub fn shim_path() -> PathBuf {
 fn image_config(config: &Config) -> skiff_image::ImagesConfig {
     let mut c =
         skiff_image::ImagesConfig::new(config.root.clone(), config.registry_config_path.clone());
+    c.durable = config.images_durable;
     if let Some(ms) = std::env::var("SKIFF_REGISTRY_READ_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())

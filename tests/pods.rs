@@ -645,6 +645,87 @@ async fn containers_survive_a_skiffd_crash_and_exits_during_the_outage_are_kept(
     assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
 }
 
+/// The pause, the PID 1 of the pod, holds stdio and nothing else: no descriptor of
+/// the shim's, of skiffd's or of whatever started skiffd (a leaked pause once held
+/// the test runner's lock file and pipes).
+#[tokio::test]
+async fn the_pause_holds_no_inherited_descriptor() {
+    let Some((env, mut c)) = setup("pause_fds").await else {
+        return;
+    };
+    let (pod, _ctr) = sleeping_pod(&mut c, &env, "pausefds").await;
+    let shim = shim_pid(&env.skiffd.state, &pod);
+    let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap();
+    let pause = children
+        .split_whitespace()
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().ends_with("skiff-pause"))
+        })
+        .expect("the shim's pause child");
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pause}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .filter(|fd| !["0 ", "1 ", "2 "].iter().any(|s| fd.starts_with(s)))
+        .collect();
+    assert!(fds.is_empty(), "the pause holds {fds:?}");
+    common::end_pod(&mut c, &pod).await;
+}
+
+/// skiffd killed after reserving names and making directories, before saving the
+/// objects' first records: the restart frees the names and removes the directories.
+#[tokio::test]
+async fn objects_cut_before_their_first_record_leave_nothing_after_restart() {
+    let Some((mut env, c)) = setup("cut_before_first_record").await else {
+        return;
+    };
+    drop(c);
+    env.skiffd.kill();
+    let (pod_id, ctr_id) = ("a".repeat(64), "b".repeat(64));
+    {
+        let meta = skiff::meta::MetaStore::open(&env.skiffd.root.join("meta.redb")).unwrap();
+        let names = skiff::meta::Table::named;
+        meta.put(names("pod_names"), "cut_default_cut-uid_0", &pod_id)
+            .unwrap();
+        meta.put(
+            names("container_names"),
+            "work_cut_default_cut-uid_0",
+            &ctr_id,
+        )
+        .unwrap();
+    }
+    let dirs = [
+        env.skiffd.state.join("pods").join(&pod_id),
+        env.skiffd.state.join("containers").join(&ctr_id),
+        env.skiffd.root.join("containers").join(&ctr_id),
+    ];
+    for d in &dirs {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("hostname"), "cut\n").unwrap();
+    }
+    env.skiffd.restart().unwrap();
+    let mut c = env.skiffd.client().await;
+    // Recovery runs beside the first CRI calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dirs.iter().any(|d| d.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for d in &dirs {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let pod = run_pod(&mut c, &pod_config("cut", logs.path())).await;
+    common::end_pod(&mut c, &pod).await;
+}
+
 #[tokio::test]
 async fn a_killed_shim_is_detected_after_restart() {
     let Some((mut env, mut c)) = setup("a_killed_shim_is_detected_after_restart").await else {

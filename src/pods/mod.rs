@@ -206,6 +206,11 @@ fn new_id() -> String {
     hex::encode(bytes)
 }
 
+/// Whether `s` has the form [`new_id`] gives (so it is safe as a path component).
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The shared state of the pod and container services.
 pub struct Runtime {
     config: Arc<Config>,

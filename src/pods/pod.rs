@@ -15,6 +15,7 @@ use tonic::async_trait;
 
 use super::records::{CtrState, PidMode, PodRecord, PodState, encode};
 use super::{POD_NAMES, Runtime, RuntimeError, Service, io_err, labels_match, pod_config, shim};
+use crate::cgroups::Cgroups;
 use crate::sys::{self, PodNs, PodNsSpec};
 
 fn mode(m: i32) -> api::NamespaceMode {
@@ -160,9 +161,25 @@ pub(super) async fn release_pod(rt: &Runtime, p: &PodRecord) -> Result<(), Runti
     if let Some(cg) = p.pause_cgroup.clone() {
         // Removing a cgroup waits (briefly) for exiting processes: off the async workers.
         let cgroups = rt.cgroups.clone();
-        let removed = crate::blocking::spawn(move || cgroups.remove(&cg))
-            .await
-            .map_err(super::task_err("remove cgroup"))?;
+        let removed = crate::blocking::spawn(move || {
+            // The pause joins its cgroup by itself right after the shim starts it; when
+            // the shim died at once, it may have joined after the pod's processes were
+            // killed (see kill_orphans). Nothing of the pod may run on: kill what is
+            // there, and again while the removal finds the cgroup busy.
+            let mut tries = 0;
+            loop {
+                kill_cgroup(&cgroups, &cg);
+                match cgroups.remove(&cg) {
+                    Err(e) if tries < 3 && !cgroups.pids(&cg).is_empty() => {
+                        tracing::debug!(cgroup = %cg, error = %e, "pause cgroup still busy");
+                        tries += 1;
+                    }
+                    other => break other,
+                }
+            }
+        })
+        .await
+        .map_err(super::task_err("remove cgroup"))?;
         if let Err(e) = removed {
             tracing::warn!(pod_id = %p.id, error = %e, "remove pause cgroup");
         }
@@ -336,23 +353,32 @@ impl Runtime {
                 .map_err(io_err("open", &hosts))?;
             std::io::Write::write_all(&mut f, line.as_bytes()).map_err(io_err("write", &hosts))?;
         }
+        // Recorded before they are made: a crash right after leaves a record that
+        // names them, so the recovery's release finds them.
         if !host_ipc {
-            let shm = dir.join("shm");
-            rec.shm = Some(shm.clone());
-            sys::mount_shm(&shm)?;
+            rec.shm = Some(dir.join("shm"));
         }
-        let (pause, procs) = if rec.pid_mode == PidMode::Pod {
-            let cg = format!("{}/{}", rec.cgroup_parent.trim_end_matches('/'), rec.id);
-            rec.pause_cgroup = Some(cg.clone());
-            self.cgroups.create(&cg)?;
-            (
-                Some(self.pause_binary.clone()),
-                self.cgroups.procs_files(&cg),
-            )
-        } else {
-            (None, Vec::new())
-        };
+        if rec.pid_mode == PidMode::Pod {
+            rec.pause_cgroup = Some(format!(
+                "{}/{}",
+                rec.cgroup_parent.trim_end_matches('/'),
+                rec.id
+            ));
+        }
         self.save_pod(rec)?;
+        if let Some(shm) = &rec.shm {
+            sys::mount_shm(shm)?;
+        }
+        let (pause, procs) = match &rec.pause_cgroup {
+            Some(cg) => {
+                self.cgroups.create(cg)?;
+                (
+                    Some(self.pause_binary.clone()),
+                    self.cgroups.procs_files(cg),
+                )
+            }
+            None => (None, Vec::new()),
+        };
         steps.mark("shm+cgroup");
         let started = shim::start(&shim::ShimStart {
             binary: self.shim_binary.clone(),
@@ -574,10 +600,10 @@ pub(super) async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
                 tracing::debug!(container_id = %c.id, stderr = %String::from_utf8_lossy(&o.stderr), "runtime delete of an orphan");
             }
         }
-        kill_cgroup(rt, &c.cgroups_path);
+        kill_cgroup(&rt.cgroups, &c.cgroups_path);
     }
     if let Some(cg) = &p.pause_cgroup {
-        kill_cgroup(rt, cg);
+        kill_cgroup(&rt.cgroups, cg);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let paths: Vec<(String, String)> = rt
@@ -602,8 +628,8 @@ pub(super) async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
     }
 }
 
-fn kill_cgroup(rt: &Runtime, path: &str) {
-    for pid in rt.cgroups.pids(path) {
+fn kill_cgroup(cgroups: &Cgroups, path: &str) {
+    for pid in cgroups.pids(path) {
         if let Some(pid) = i32::try_from(pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
@@ -713,7 +739,8 @@ pub(super) async fn recover(rt: &Arc<Runtime>) -> Result<(), RuntimeError> {
 
 /// Release the name reservations whose holder has no record: skiffd was killed
 /// between reserving a name and saving the object's first record, so nothing else
-/// would ever free the name.
+/// would ever free the name. The directories such an object may already have (its
+/// first record is saved before anything is mounted or started) go with it.
 fn release_orphan_names(rt: &Runtime) -> Result<(), RuntimeError> {
     for (table, records) in [
         (super::POD_NAMES, Table::PODS),
@@ -726,6 +753,19 @@ fn release_orphan_names(rt: &Runtime) -> Result<(), RuntimeError> {
                 .is_none()
             {
                 tracing::info!(name = %key, id = %holder, "releasing a name whose object was never recorded");
+                let dirs = if records == Table::PODS {
+                    vec![rt.pod_dir(&holder)]
+                } else {
+                    vec![
+                        rt.config.state.join("containers").join(&holder),
+                        rt.config.root.join("containers").join(&holder),
+                    ]
+                };
+                for dir in dirs.iter().filter(|d| super::is_id(&holder) && d.exists()) {
+                    if let Err(e) = fs::remove_dir_all(dir) {
+                        tracing::warn!(id = %holder, path = %dir.display(), error = %e, "remove the directory of an object never recorded");
+                    }
+                }
                 rt.release(table, &key);
             }
         }

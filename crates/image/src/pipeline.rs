@@ -2,9 +2,15 @@
 //!
 //! The async side feeds the HTTP body into a bounded channel; this blocking side reads
 //! it, hashes it, decompresses and unpacks, all streaming: a layer is never buffered.
+//! Two threads share the work: a decoder thread hashes the compressed bytes,
+//! decompresses and hashes the tar, and hands the tar on in [`CHUNK`]-byte pieces
+//! (at most [`DEPTH`] in flight, so a layer of any size holds a few MiB) to the
+//! calling thread, which unpacks. Decompression and hashing then overlap with the
+//! filesystem work instead of taking turns with it.
 
 use std::io::{self, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc::{Receiver as SyncReceiver, SyncSender, sync_channel};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -137,20 +143,6 @@ impl<R: Read> Read for Source<R> {
     }
 }
 
-/// Hashes what passes through it.
-struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 enum Decompressor<R: Read> {
     None(Source<R>),
     Gzip(Box<flate2::read::MultiGzDecoder<BufReader<Source<R>>>>),
@@ -198,6 +190,10 @@ pub enum LayerError {
     /// The decompressor could not be set up.
     #[error("cannot set up the decompressor: {0}")]
     Decompressor(#[source] io::Error),
+    /// The tar unpacked, but what follows its end does not decompress (a bad
+    /// checksum in the compressed stream's trailer, say).
+    #[error("the compressed layer is corrupt after the tar's end: {0}")]
+    Trailer(#[source] io::Error),
 }
 
 /// What one pass over a layer produced.
@@ -225,12 +221,17 @@ pub fn run(
     run_reader(ChannelRead::new(rx), compression, dir, opts)
 }
 
+/// Bytes of tar per piece handed from the decoder thread to the unpacker.
+const CHUNK: usize = 256 << 10;
+/// Pieces in flight between the two threads.
+const DEPTH: usize = 8;
+
 /// Run the pipeline on any source: read it to its end, unpack into `dir`.
 ///
 /// The whole stream is always consumed, so the compressed digest is known even when
 /// unpacking fails: the caller then tells "the registry sent bad bytes" from "the layer
 /// itself is bad".
-pub fn run_reader<R: Read>(
+pub fn run_reader<R: Read + Send>(
     reader: R,
     compression: Compression,
     dir: &Path,
@@ -242,40 +243,298 @@ pub fn run_reader<R: Read>(
         size: 0,
         failed: None,
     };
-    let (unpacked, diff_id, source) = match Decompressor::new(compression, source) {
-        Ok(dec) => {
-            let mut diff = HashReader {
-                inner: dec,
-                hasher: Sha256::new(),
-            };
-            let unpacked = unpack(&mut diff, dir, opts).map_err(LayerError::from);
-            // Tar readers stop at the end-of-archive blocks; hash the padding after them too.
-            let drained = io::copy(&mut diff, &mut io::sink());
-            let diff_id = match (&unpacked, drained) {
-                (Ok(_), Ok(_)) => Some(Digest::from_hasher(diff.hasher)),
-                _ => None,
-            };
-            (unpacked, diff_id, diff.inner.into_source())
-        }
+    let dec = match Decompressor::new(compression, source) {
+        Ok(dec) => dec,
         Err(e) => {
             // Only an allocation failure gets here; the source is gone with the decoder,
             // so report the set-up failure alone.
-            return LayerOutcome {
-                digest: Digest::of(b""),
-                size: 0,
-                diff_id: None,
-                unpacked: Err(LayerError::Decompressor(e)),
-                stream_failed: None,
-            };
+            return set_up_failed(e);
         }
     };
-    let mut source = source;
-    let _ = io::copy(&mut source, &mut io::sink());
+    let (tx, rx) = sync_channel(DEPTH);
+    let (spare_tx, spare_rx) = sync_channel(DEPTH + 2);
+    std::thread::scope(|scope| {
+        let decoder = std::thread::Builder::new()
+            .name("skiff-decode".into())
+            .spawn_scoped(scope, move || decode(dec, &tx, &spare_rx));
+        let decoder = match decoder {
+            Ok(d) => d,
+            Err(e) => return set_up_failed(e),
+        };
+        let mut tar = Pieces {
+            rx,
+            spare: spare_tx,
+            current: Vec::new(),
+            at: 0,
+        };
+        let unpacked = unpack(&mut tar, dir, opts).map_err(LayerError::from);
+        // Tar readers stop at the end-of-archive blocks; the decoder hashes the padding
+        // after them too, and reads on alone once this side stops taking pieces.
+        let drained = if unpacked.is_ok() {
+            io::copy(&mut tar, &mut io::sink()).map(drop)
+        } else {
+            Ok(())
+        };
+        drop(tar);
+        match decoder.join() {
+            Ok((decoded, source)) => {
+                let unpacked = match (unpacked, drained) {
+                    (Ok(stats), Ok(())) => Ok(stats),
+                    (Ok(_), Err(e)) => Err(LayerError::Trailer(e)),
+                    (Err(e), _) => Err(e),
+                };
+                // Read to its end without an error, the tar's digest is its diff id.
+                let diff_id = decoded.filter(|_| unpacked.is_ok());
+                LayerOutcome {
+                    digest: Digest::from_hasher(source.hasher),
+                    size: source.size,
+                    diff_id,
+                    unpacked,
+                    stream_failed: source.failed,
+                }
+            }
+            Err(_) => set_up_failed(io::Error::other("the decoder thread panicked")),
+        }
+    })
+}
+
+/// The outcome of a pipeline that could not run (no decompressor, no decoder thread):
+/// nothing was read, so the caller sees a size mismatch first (and retries the layer).
+fn set_up_failed(e: io::Error) -> LayerOutcome {
     LayerOutcome {
-        digest: Digest::from_hasher(source.hasher),
-        size: source.size,
-        diff_id,
-        unpacked,
-        stream_failed: source.failed,
+        digest: Digest::of(b""),
+        size: 0,
+        diff_id: None,
+        unpacked: Err(LayerError::Decompressor(e)),
+        stream_failed: None,
+    }
+}
+
+/// The decoder thread: decompresses `dec` to its end, hashing the tar and sending it
+/// in pieces while the unpacker takes them; then reads the compressed source to its
+/// end (for its digest). Returns the tar's digest (None when a read or decompression
+/// error stopped it, which the unpacker gets in place of the next piece, or when the
+/// unpacker stopped taking pieces) and the source.
+fn decode<R: Read>(
+    mut dec: Decompressor<R>,
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+    spare: &SyncReceiver<Vec<u8>>,
+) -> (Option<Digest>, Source<R>) {
+    let mut hasher = Sha256::new();
+    let mut whole = true;
+    loop {
+        let mut buf = spare.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
+        let (n, failed) = fill(&mut dec, &mut buf);
+        if n > 0 {
+            buf.truncate(n);
+            hasher.update(&buf);
+            if tx.send(Ok(buf)).is_err() {
+                // The unpacker stopped (it failed): the tar is of no more use.
+                whole = false;
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            whole = false;
+            // If the unpacker is gone, it failed already: the error is moot.
+            let _ = tx.send(Err(e));
+            break;
+        }
+        if n < CHUNK {
+            break;
+        }
+    }
+    let mut source = dec.into_source();
+    let _ = io::copy(&mut source, &mut io::sink());
+    (whole.then(|| Digest::from_hasher(hasher)), source)
+}
+
+/// Reads until `buf` is full, `r` ends or fails; returns the bytes read and the
+/// error that stopped it.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+/// The unpacker's side: the decoder's pieces as a reader; spent pieces go back to it.
+struct Pieces {
+    rx: SyncReceiver<io::Result<Vec<u8>>>,
+    spare: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                // The decoder is done.
+                Err(_) => return Ok(0),
+                Ok(Ok(piece)) => {
+                    let spent = std::mem::replace(&mut self.current, piece);
+                    self.at = 0;
+                    if spent.capacity() > 0 {
+                        // Spares full or the decoder gone: the piece is just freed.
+                        let _ = self.spare.try_send(spent);
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_testkit::{Compression as Tk, LayerBuilder, many_small_files_layer};
+
+    use super::*;
+
+    fn compression(tk: Tk) -> Compression {
+        match tk {
+            Tk::None => Compression::None,
+            Tk::Gzip => Compression::Gzip,
+            Tk::Zstd => Compression::Zstd,
+        }
+    }
+
+    /// A reader that fails after `ok` bytes, like a connection cut mid-layer.
+    struct Cut<'a> {
+        data: &'a [u8],
+        ok: usize,
+    }
+
+    impl Read for Cut<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut"));
+            }
+            let n = buf.len().min(self.ok).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn digests_and_files_match_for_each_compression_across_many_pieces() {
+        for tk in [Tk::None, Tk::Gzip, Tk::Zstd] {
+            // ~4 MiB of tar: many pieces through the channel.
+            let layer = many_small_files_layer(1500, 2048, tk);
+            let dir = tempfile::tempdir().unwrap();
+            let out = run_reader(
+                &layer.blob[..],
+                compression(tk),
+                dir.path(),
+                &UnpackOptions::default(),
+            );
+            let stats = out.unpacked.unwrap();
+            assert_eq!(stats.files, 1500, "{tk:?}");
+            assert_eq!(out.digest.as_str(), layer.digest, "{tk:?}");
+            assert_eq!(out.size, layer.blob.len() as u64);
+            assert_eq!(out.diff_id.unwrap().as_str(), layer.diff_id, "{tk:?}");
+            assert!(out.stream_failed.is_none());
+        }
+    }
+
+    #[test]
+    fn a_failing_unpack_still_reads_the_whole_blob() {
+        // A link escaping the root fails the unpack at the first entries; the rest of
+        // a long layer must still be read and hashed.
+        let mut b = LayerBuilder::new();
+        b.hardlink("evil", "../../etc/passwd");
+        for i in 0..2000 {
+            b.file(&format!("f{i}"), 0o644, vec![b'x'; 2048]);
+        }
+        let layer = b.finish(Tk::Gzip).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_reader(
+            &layer.blob[..],
+            Compression::Gzip,
+            dir.path(),
+            &UnpackOptions::default(),
+        );
+        assert!(out.unpacked.is_err());
+        assert_eq!(out.digest.as_str(), layer.digest);
+        assert_eq!(out.size, layer.blob.len() as u64);
+        assert!(out.diff_id.is_none());
+    }
+
+    #[test]
+    fn corrupt_compressed_data_fails_the_unpack_and_keeps_the_digest() {
+        let layer = many_small_files_layer(500, 2048, Tk::Gzip);
+        let mut blob = layer.blob.clone();
+        let mid = blob.len() / 2;
+        for b in &mut blob[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_reader(
+            &blob[..],
+            Compression::Gzip,
+            dir.path(),
+            &UnpackOptions::default(),
+        );
+        assert!(out.unpacked.is_err());
+        assert!(out.diff_id.is_none());
+        assert_eq!(out.digest, Digest::of(&blob));
+        assert_eq!(out.size, blob.len() as u64);
+        assert!(out.stream_failed.is_none());
+    }
+
+    #[test]
+    fn a_bad_trailer_after_the_tar_fails_the_layer() {
+        let layer = many_small_files_layer(50, 2048, Tk::Gzip);
+        let mut blob = layer.blob.clone();
+        // The gzip trailer: CRC32 then size. A wrong CRC shows only after the tar.
+        let crc = blob.len() - 8;
+        blob[crc] ^= 0xff;
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_reader(
+            &blob[..],
+            Compression::Gzip,
+            dir.path(),
+            &UnpackOptions::default(),
+        );
+        assert!(
+            matches!(out.unpacked, Err(LayerError::Trailer(_))),
+            "{:?}",
+            out.unpacked
+        );
+        assert!(out.diff_id.is_none());
+        assert_eq!(out.digest, Digest::of(&blob));
+    }
+
+    #[test]
+    fn a_cut_stream_is_reported_as_such() {
+        let layer = many_small_files_layer(500, 2048, Tk::Zstd);
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_reader(
+            Cut {
+                data: &layer.blob,
+                ok: layer.blob.len() / 3,
+            },
+            Compression::Zstd,
+            dir.path(),
+            &UnpackOptions::default(),
+        );
+        assert!(out.unpacked.is_err());
+        assert!(out.diff_id.is_none());
+        let failed = out.stream_failed.expect("the cut is reported");
+        assert!(failed.contains("cut"), "{failed}");
     }
 }

@@ -34,6 +34,8 @@ pub struct ImagesConfig {
     pub attempts: u32,
     /// Whether skiff runs with the privileges to chown and create device nodes.
     pub privileged: bool,
+    /// Flush a layer's files to disk before recording it (off by itself on tmpfs).
+    pub durable: bool,
 }
 
 impl ImagesConfig {
@@ -48,6 +50,7 @@ impl ImagesConfig {
             },
             attempts: 3,
             privileged: rustix::process::geteuid().is_root(),
+            durable: true,
         }
     }
 }
@@ -129,7 +132,7 @@ impl Images {
     /// Open the service: stores, clean-up of interrupted work, GC of unreferenced data.
     pub fn open(config: ImagesConfig, meta: Arc<MetaStore>) -> Result<Images, ImageError> {
         let content = ContentStore::open(&config.root)?;
-        let snapshots = Snapshotter::open(&config.root)?;
+        let snapshots = Snapshotter::open(&config.root, config.durable)?;
         let ingests = content.clean_ingests()?;
         let temps = snapshots.clean_temps()?;
         let images = Images {
@@ -149,6 +152,7 @@ impl Images {
             temps,
             gc_snapshots = gc.snapshots,
             gc_blobs = gc.blobs,
+            flushes_layers = images.snapshots.syncs(),
             "image store ready"
         );
         Ok(images)

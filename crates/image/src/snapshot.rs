@@ -1,9 +1,15 @@
 //! Snapshots: one directory per layer, keyed by chain id, shared between images.
 //!
-//! A layer unpacks into `snapshots/tmp-<hex>-<n>/fs`, is synced (syncfs), then renamed
-//! to `snapshots/<chain hex>/`; a crash leaves only `tmp-*` directories, which
-//! [`Snapshotter::clean_temps`] removes at start-up. The snapshotter never mounts: it
-//! returns overlay mounts as data.
+//! A layer unpacks into `snapshots/tmp-<hex>-<n>/fs`, is synced (syncfs) when the
+//! snapshotter is durable, then renamed to `snapshots/<chain hex>/`; a crash leaves only
+//! `tmp-*` directories, which [`Snapshotter::clean_temps`] removes at start-up. The
+//! snapshotter never mounts: it returns overlay mounts as data.
+//!
+//! Durability: a committed snapshot's files must be on disk before the rename makes it
+//! visible, or a power cut could leave a recorded layer with empty or missing files.
+//! On tmpfs and ramfs nothing survives a reboot anyway, so no flush is done there; the
+//! operator can also turn flushing off (`[images] durable = false`). See
+//! `docs/decisions.md` for why the flush is one `syncfs` rather than per-file `fsync`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,7 @@ pub struct Mount {
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     dir: PathBuf,
+    sync: bool,
 }
 
 /// A snapshot being written; removed on drop unless committed.
@@ -58,11 +65,18 @@ impl Drop for TempSnapshot {
 }
 
 impl Snapshotter {
-    /// The snapshotter under `root` (directory created).
-    pub fn open(root: &Path) -> Result<Snapshotter, ImageError> {
+    /// The snapshotter under `root` (directory created). `durable`: flush a layer's
+    /// files to disk before committing it, unless `root` is on tmpfs or ramfs.
+    pub fn open(root: &Path, durable: bool) -> Result<Snapshotter, ImageError> {
         let dir = root.join("snapshots");
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        Ok(Snapshotter { dir })
+        let sync = durable && !volatile(&dir)?;
+        Ok(Snapshotter { dir, sync })
+    }
+
+    /// Whether commits flush to disk (`durable` and not on a memory filesystem).
+    pub fn syncs(&self) -> bool {
+        self.sync
     }
 
     fn path(&self, chain: &Digest) -> PathBuf {
@@ -93,14 +107,17 @@ impl Snapshotter {
         })
     }
 
-    /// Make a fully written temp snapshot visible as `chain`: sync, then rename.
+    /// Make a fully written temp snapshot visible as `chain`: sync (when durable), then
+    /// rename.
     pub fn commit(&self, mut temp: TempSnapshot, chain: &Digest) -> Result<(), ImageError> {
-        let dir_fd = fs::File::open(&temp.dir).map_err(io("open", &temp.dir))?;
-        rustix::fs::syncfs(&dir_fd).map_err(|e| ImageError::Io {
-            op: "syncfs",
-            path: temp.dir.clone(),
-            source: e.into(),
-        })?;
+        if self.sync {
+            let dir_fd = fs::File::open(&temp.dir).map_err(io("open", &temp.dir))?;
+            rustix::fs::syncfs(&dir_fd).map_err(|e| ImageError::Io {
+                op: "syncfs",
+                path: temp.dir.clone(),
+                source: e.into(),
+            })?;
+        }
         let target = self.path(chain);
         match fs::rename(&temp.dir, &target) {
             Ok(()) => {}
@@ -115,8 +132,15 @@ impl Snapshotter {
             }
         }
         temp.committed = true;
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
+        if self.sync {
+            // The rename itself: without it a power cut could forget the commit (the
+            // layer would be pulled again, nothing worse), so a failure is only logged.
+            match fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot flush the snapshot directory")
+                }
+            }
         }
         Ok(())
     }
@@ -179,14 +203,44 @@ impl Snapshotter {
     }
 }
 
+/// Whether `dir` is on a filesystem that lives in memory (tmpfs, ramfs).
+fn volatile(dir: &Path) -> Result<bool, ImageError> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let st = rustix::fs::statfs(dir).map_err(|e| ImageError::Io {
+        op: "statfs",
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    let kind = st.f_type as i64;
+    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn durability_is_off_on_memory_filesystems_and_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_tmp = volatile(dir.path()).unwrap();
+        assert_eq!(
+            Snapshotter::open(dir.path(), true).unwrap().syncs(),
+            !on_tmp
+        );
+        assert!(!Snapshotter::open(dir.path(), false).unwrap().syncs());
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() && volatile(shm).unwrap_or(false) {
+            let d = tempfile::tempdir_in(shm).unwrap();
+            assert!(!Snapshotter::open(d.path(), true).unwrap().syncs());
+        }
+    }
+
+    #[test]
     fn prepare_commit_remove_and_clean() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Snapshotter::open(dir.path()).unwrap();
+        let s = Snapshotter::open(dir.path(), true).unwrap();
         let chain = Digest::of(b"layer");
         let t = s.prepare(&chain).unwrap();
         std::fs::write(t.fs().join("f"), b"x").unwrap();

@@ -44,7 +44,7 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
 
-use rustix::fs::{FileType, Mode, OFlags, Stat, Timestamps};
+use rustix::fs::{FileType, Gid, Mode, OFlags, Stat, Timestamps, Uid};
 use rustix::io::Errno;
 use tar::EntryType;
 
@@ -304,9 +304,11 @@ fn unpack_with<F: FsOps>(
         path: AT_START.to_owned(),
         source,
     })?;
+    let creation = Creation::probe(root.as_fd());
     let mut unpacker = Unpacker {
         ops,
         root: Rc::new(root),
+        creation,
         opts,
         stats: UnpackStats::default(),
         parent_cache: None,
@@ -369,9 +371,58 @@ struct DeferredDir {
     node: Stat,
 }
 
+/// What a regular file the unpacker creates already has, so the calls that
+/// would set the same again can be left out. Conservative: anything that
+/// could make a new file differ turns the shortcut off for the rest of the
+/// layer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Creation {
+    /// The owner: this process's effective ids. None when the root is
+    /// setgid or not of our group, or once a directory was given another
+    /// group (a setgid directory, or a `grpid` mount, passes its group on).
+    owner: Option<(Uid, Gid)>,
+    /// This process's umask, as `/proc/self/status` shows it. None when a
+    /// default ACL (which replaces the umask for new files) is on the root,
+    /// or once one was set on a directory.
+    umask: Option<u32>,
+}
+
+/// The xattr of a directory's default ACL.
+const DEFAULT_ACL_XATTR: &[u8] = b"system.posix_acl_default";
+
+impl Creation {
+    fn probe(root: BorrowedFd<'_>) -> Creation {
+        let egid = rustix::process::getegid();
+        let plain_group = rustix::fs::fstat(root)
+            .is_ok_and(|st| st.st_mode & 0o2000 == 0 && st.st_gid == egid.as_raw());
+        let owner = plain_group.then(|| (rustix::process::geteuid(), egid));
+        let default_acl = !matches!(
+            rustix::fs::fgetxattr_query(root, c"system.posix_acl_default"),
+            Err(Errno::NODATA | Errno::NOTSUP)
+        );
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+                u32::from_str_radix(line.trim(), 8).ok()
+            })
+            .filter(|_| !default_acl);
+        Creation { owner, umask }
+    }
+
+    /// Whether a file created with `mode`'s permission bits (less the umask)
+    /// has all of `mode`: no setuid/setgid/sticky bits (a chown would clear
+    /// the first two; they are set after it) and none the umask takes away.
+    fn has_mode(self, mode: Mode) -> bool {
+        let bits = mode.as_raw_mode();
+        bits & 0o7000 == 0 && self.umask.is_some_and(|m| bits & m == 0)
+    }
+}
+
 struct Unpacker<'o, F> {
     ops: F,
     root: Rc<OwnedFd>,
+    creation: Creation,
     opts: &'o UnpackOptions,
     stats: UnpackStats,
     /// The last parent directory opened, by normalised path: tars list a
@@ -498,8 +549,9 @@ impl<F: FsOps> Unpacker<'_, F> {
         let meta = EntryMeta::read(entry, shown)?;
         let name = cstring(name, shown)?;
         let parent = self.parent(parent, shown)?;
+        let perms = Mode::from_raw_mode(meta.mode.as_raw_mode() & 0o777);
         let file = self.create_replacing(parent.as_fd(), &name, shown, "creating file", |ops| {
-            ops.create_file(parent.as_fd(), &name)
+            ops.create_file(parent.as_fd(), &name, perms)
         })?;
         let mut offset = 0u64;
         loop {
@@ -529,7 +581,7 @@ impl<F: FsOps> Unpacker<'_, F> {
         self.ops
             .finish_writes(&file)
             .map_err(|e| fs_err(shown, "writing file", e))?;
-        self.apply_meta(Target::Fd(file.as_fd()), &meta, shown, Apply::All)?;
+        self.apply_meta(Target::Fd(file.as_fd()), &meta, shown, Apply::NewFile)?;
         self.ops
             .close(file)
             .map_err(|e| fs_err(shown, "closing file", e))?;
@@ -843,7 +895,14 @@ impl<F: FsOps> Unpacker<'_, F> {
         shown: &str,
         apply: Apply,
     ) -> Result<(), UnpackError> {
-        if self.opts.privileged {
+        let new = apply == Apply::NewFile;
+        if apply == Apply::OwnerAndXattrs
+            && self.creation.owner.is_some_and(|(_, gid)| gid != meta.gid)
+        {
+            // A directory of another group: with `grpid` its files take it.
+            self.creation.owner = None;
+        }
+        if self.opts.privileged && !(new && self.creation.owner == Some((meta.uid, meta.gid))) {
             self.ops
                 .chown(node, meta.uid, meta.gid)
                 .map_err(|e| fs_err(shown, "changing owner", e))?;
@@ -851,7 +910,7 @@ impl<F: FsOps> Unpacker<'_, F> {
         if apply == Apply::Owner {
             return Ok(());
         }
-        if apply == Apply::All {
+        if apply == Apply::All || (new && !self.creation.has_mode(meta.mode)) {
             self.ops
                 .chmod(node, meta.mode)
                 .map_err(|e| fs_err(shown, "changing mode", e))?;
@@ -888,6 +947,10 @@ impl<F: FsOps> Unpacker<'_, F> {
             if !self.opts.privileged && (trusted || bytes.starts_with(b"security.")) {
                 tracing::debug!(entry = shown, xattr = ?name, "skipping xattr: not privileged");
                 continue;
+            }
+            if bytes == DEFAULT_ACL_XATTR {
+                // New files under it get the ACL's mask instead of the umask.
+                self.creation.umask = None;
             }
             let required = trusted || bytes == b"security.capability";
             match self.ops.set_xattr(node, name, value) {
@@ -1085,8 +1148,12 @@ impl<F: FsOps> Unpacker<'_, F> {
 /// Which metadata [`Unpacker::apply_meta`] applies.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Apply {
-    /// Owner, mode, xattrs, times: files, device nodes.
+    /// Owner, mode, xattrs, times: device nodes.
     All,
+    /// As `All`, for a regular file just created with the entry's permission
+    /// bits: owner and mode only where creating it did not already give them
+    /// ([`Creation`]).
+    NewFile,
     /// No mode: symlinks have none.
     AllButMode,
     /// Directories: mode and times come at the end.

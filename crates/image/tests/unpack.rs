@@ -69,6 +69,7 @@ engine_tests!(
     whiteouts_need_privileges,
     root_entry_that_is_not_a_directory_is_skipped,
     missing_root_is_an_error,
+    file_modes_and_owners_hold_whatever_creation_gave,
 );
 
 fn is_root() -> bool {
@@ -575,6 +576,52 @@ fn replacement_semantics(engine: IoEngine) {
     assert_eq!(fs::read(layer.path("m/keep")).unwrap(), b"k");
     assert_eq!(mode_of(&layer.path("m")), 0o755);
     assert_eq!(stats.hardlinks, 2);
+}
+
+/// Files are created with their permission bits and only chowned/chmodded
+/// where creation could not give them: special bits, bits the umask takes,
+/// another owner, a setgid root. Every case must land exactly.
+fn file_modes_and_owners_hold_whatever_creation_gave(engine: IoEngine) {
+    let modes = [
+        0o644, 0o755, 0o777, 0o666, 0o444, 0o000, 0o4755, 0o2711, 0o1644, 0o6750,
+    ];
+    let mut b = LayerBuilder::new();
+    for m in modes {
+        b.file(&format!("m{m:o}"), m, format!("{m:o}"));
+    }
+    if is_root() {
+        b.file_owned("owned", 0o4750, 1000, 1001, "o")
+            .file_owned("rootowned", 0o640, 0, 0, "r");
+    }
+    let tar = tar_of(&b);
+    let layer = Layer::new();
+    layer.unpack(&tar, &opts(engine)).unwrap();
+    for m in modes {
+        let p = layer.path(&format!("m{m:o}"));
+        assert_eq!(mode_of(&p), m, "m{m:o}");
+        if m & 0o400 != 0 || is_root() {
+            assert_eq!(fs::read_to_string(&p).unwrap(), format!("{m:o}"));
+        }
+    }
+    if !is_root() {
+        return;
+    }
+    let owned = fs::metadata(layer.path("owned")).unwrap();
+    assert_eq!(
+        (owned.uid(), owned.gid(), mode_of(&layer.path("owned"))),
+        (1000, 1001, 0o4750)
+    );
+    // A setgid root passes its group on to what is created in it: the unpacker
+    // must then chown even files owned by itself.
+    let layer = Layer::new();
+    std::os::unix::fs::chown(&layer.root, None, Some(4242)).unwrap();
+    fs::set_permissions(&layer.root, fs::Permissions::from_mode(0o2755)).unwrap();
+    layer.unpack(&tar, &opts(engine)).unwrap();
+    let r = fs::metadata(layer.path("rootowned")).unwrap();
+    assert_eq!(
+        (r.uid(), r.gid(), mode_of(&layer.path("rootowned"))),
+        (0, 0, 0o640)
+    );
 }
 
 // ---------------------------------------------------------------------------

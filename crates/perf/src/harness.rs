@@ -142,6 +142,8 @@ pub struct Harness {
     pub notes: Vec<String>,
     /// The skiffd executable, for [`Harness::start_skiffd_with`].
     skiffd: PathBuf,
+    /// The containerd executable, for [`Harness::start_containerd_at`].
+    containerd_bin: PathBuf,
 }
 
 impl Harness {
@@ -238,6 +240,7 @@ impl Harness {
             hosts_dir,
             notes: Vec::new(),
             skiffd: opts.skiffd.clone(),
+            containerd_bin: opts.containerd.clone(),
         };
 
         let sandbox = ImageBuilder::new()
@@ -258,7 +261,7 @@ impl Harness {
              page cache after the push"
                 .into(),
         );
-        h.containerd.state = h.start_containerd(opts);
+        h.containerd.state = h.start_containerd_at(&base, Kind::Containerd.label());
         h.skiff.state = h.start_skiffd_with(Kind::Skiff.label(), "");
         Ok(h)
     }
@@ -320,8 +323,12 @@ impl Harness {
         cmd
     }
 
-    fn start_containerd(&self, opts: &Options) -> Result<Running, String> {
-        let dir = self.base().join("containerd");
+    /// Starts a containerd (the anchor's configuration) in the namespace with its root,
+    /// state, socket and log under `<base>/<name>`; its pods go under the cgroup
+    /// `<run's cgroup>/<name>`. The harness's own is `<tmpfs>/containerd`; `pulldisk`
+    /// starts one on its disk.
+    pub fn start_containerd_at(&self, base: &Path, name: &str) -> Result<Running, String> {
+        let dir = base.join(name);
         let root = dir.join("root");
         let state = dir.join("state");
         let tmp = dir.join("tmp");
@@ -350,7 +357,7 @@ impl Harness {
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)
             .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
-        let mut cmd = self.nsenter(&opts.containerd);
+        let mut cmd = self.nsenter(&self.containerd_bin);
         cmd.arg("--config").arg(&config_path).env("TMPDIR", &tmp);
         let daemon = Daemon::spawn(
             "containerd",
@@ -359,7 +366,7 @@ impl Harness {
             Duration::from_secs(10),
         )
         .map_err(|e| format!("{e:#}"))?;
-        wait_ready(daemon, socket, root, dir, Kind::Containerd.label())
+        wait_ready(daemon, socket, root, dir, name)
     }
 
     /// Starts a skiffd in the namespace on its own root, state, socket, TMPDIR
@@ -371,13 +378,25 @@ impl Harness {
     /// [`Running`] drops, or on a signal; what its pods leave is the harness's
     /// leftover sweep's (it names the tmpfs).
     pub fn start_skiffd_with(&self, name: &str, extra: &str) -> Result<Running, String> {
+        self.start_skiffd_at(self.base(), name, extra, &[])
+    }
+
+    /// [`Harness::start_skiffd_with`] under `<base>/<name>` instead of the tmpfs, with
+    /// `env` added to its environment.
+    pub fn start_skiffd_at(
+        &self,
+        base: &Path,
+        name: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Running, String> {
         if !self.skiffd.exists() {
             return Err(format!(
                 "{} does not exist (build it: cargo build --release --bin skiffd)",
                 self.skiffd.display()
             ));
         }
-        let dir = self.base().join(name);
+        let dir = base.join(name);
         let root = dir.join("root");
         let state = dir.join("state");
         let tmp = dir.join("tmp");
@@ -415,7 +434,8 @@ impl Harness {
             .arg("--config")
             .arg(&config_path)
             .args(["--log-level", "info"])
-            .env("TMPDIR", &tmp);
+            .env("TMPDIR", &tmp)
+            .envs(env.iter().copied());
         let daemon = Daemon::spawn(
             "skiffd",
             cmd,

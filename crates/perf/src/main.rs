@@ -23,13 +23,14 @@ use clap::Parser;
 use harness::{Harness, Kind, Options};
 use machine::Machine;
 use report::{DaemonLine, Report, Stamp};
-use scenario::{Outcome, Scenario, density, netsetup, nri, podstart, pull};
+use scenario::{Outcome, Scenario, density, netsetup, nri, podstart, pull, pulldisk};
 
 /// skiff against containerd, side by side over CRI.
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = scenarios_help())]
 struct Args {
-    /// Scenarios to run (default: all): pull, podstart, density, logs, exec, netsetup, nri.
+    /// Scenarios to run (default: all but pulldisk): pull, podstart, density, logs, exec,
+    /// netsetup, nri, pulldisk.
     scenarios: Vec<String>,
     /// Small images and one repetition: keeps the harness working (CI); asserts no timings.
     #[arg(long)]
@@ -94,6 +95,12 @@ struct Args {
     /// nri: pods started one at a time per skiffd configuration (default 40, quick 3).
     #[arg(long)]
     nri_pods: Option<usize>,
+    /// pulldisk: also count syscalls and context switches per file with `perf stat -a`.
+    #[arg(long)]
+    perf_stat: bool,
+    /// pulldisk: files in the neighbour's deleted tree (default 26000, quick 2000).
+    #[arg(long)]
+    neighbour_files: Option<usize>,
 }
 
 fn scenarios_help() -> String {
@@ -131,7 +138,10 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     if scenarios.is_empty() {
-        scenarios = Scenario::ALL.to_vec();
+        scenarios = Scenario::ALL
+            .into_iter()
+            .filter(|s| s.by_default())
+            .collect();
     }
     scenarios.sort();
     scenarios.dedup();
@@ -225,6 +235,22 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.nri_pods {
         nri_sizes.pods = v.max(1);
     }
+    let mut disk_sizes = if args.quick {
+        pulldisk::Sizes::QUICK
+    } else {
+        pulldisk::Sizes::FULL
+    };
+    disk_sizes.images = pull::Sizes {
+        reps: disk_sizes.images.reps,
+        ..sizes
+    };
+    if let Some(r) = args.reps {
+        disk_sizes.reps = r.max(1);
+    }
+    if let Some(v) = args.neighbour_files {
+        disk_sizes.neighbour_files = v;
+    }
+    disk_sizes.perf_stat = args.perf_stat;
     let quick_word = if args.quick { "quick" } else { "full" };
     let mode = format!(
         "{} mode, {} repetition{}",
@@ -306,6 +332,12 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     "{} mode, {} sequential pods per skiffd configuration",
                     quick_word, nri_sizes.pods
                 ),
+                Scenario::PullDisk => format!(
+                    "{} mode, {} pull{} per image, neighbour and system",
+                    quick_word,
+                    disk_sizes.reps,
+                    if disk_sizes.reps == 1 { "" } else { "s" }
+                ),
                 _ => mode.clone(),
             },
             machine: &machine,
@@ -340,6 +372,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         Scenario::Exec => scenario::exec::run(h, exec_sizes)?,
                         Scenario::Logs => scenario::logs::run(h, log_sizes)?,
                         Scenario::Nri => nri::run(h, nri_sizes)?,
+                        Scenario::PullDisk => pulldisk::run(h, disk_sizes)?,
                         _ => Outcome::default(),
                     };
                     // `nri` reports its own skiffds; the harness's two ran idle.

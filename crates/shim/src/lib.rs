@@ -9,3 +9,5 @@
 pub mod logfmt;
 pub mod server;
 mod sys;
+
+pub use sys::cloexec_inherited;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 Err(e) => return usage(&e.0),
             };
             let pod = opts.pod_id.clone();
+            skiff_shim::cloexec_inherited();
             // SAFETY: main has started no thread; the shim stays single-threaded.
             match unsafe { run(opts) } {
                 Ok(()) => ExitCode::SUCCESS,

@@ -82,6 +82,39 @@ pub unsafe fn fork() -> io::Result<Forked> {
 
 /// Start `pause` as PID 1 of a new PID namespace, joined to the cgroups whose
 /// `cgroup.procs` files are listed. Returns its pid in the shim's namespace.
+/// Marks every descriptor above stdio close-on-exec: what the shim inherited from
+/// whoever started it (skiffd's parent's descriptors, a lock file…) is not its own and
+/// must reach neither the OCI runtime nor a container. Called first thing, before the
+/// shim opens anything.
+pub fn cloexec_inherited() {
+    // SAFETY: a raw syscall with plain integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Before 5.11: one fcntl per open descriptor.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect();
+        for fd in fds {
+            // SAFETY: F_SETFD on a descriptor number; a closed one just fails.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 pub fn spawn_pause(pause: &Path, procs_files: &[std::path::PathBuf]) -> io::Result<i32> {
     let prog = CString::new(pause.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pause path"))?;
@@ -117,6 +150,17 @@ pub fn spawn_pause(pause: &Path, procs_files: &[std::path::PathBuf]) -> io::Resu
                 unsafe {
                     libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
                 }
+            }
+            // Nothing but stdio reaches the pause (the shim's own fds are CLOEXEC, but
+            // `null` and anything it inherited are not). SAFETY: a raw syscall, async-
+            // signal-safe; on a kernel without it (< 5.9) the fds stay, as before.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0 as libc::c_uint,
+                );
             }
             unblock_all();
             let _ = rustix::process::setsid();

@@ -361,7 +361,8 @@ impl Ring {
     }
 
     /// `mkdirat(dir, name, mode)`, waiting for the result. `name` is a
-    /// single component (no `/`).
+    /// single component (no `/`). Not covered by [`crate::probe`] (kernel
+    /// 5.15 or later).
     pub fn mkdirat(
         &mut self,
         dir: BorrowedFd<'_>,

@@ -49,9 +49,15 @@ pub(crate) trait FsOps {
     fn stat(&mut self, target: Target<'_>) -> Result<Stat>;
     /// Creates directory `name` in `parent`.
     fn mkdir(&mut self, parent: BorrowedFd<'_>, name: &CStr, mode: Mode) -> Result<()>;
-    /// Creates regular file `name` in `parent` (fails if anything exists
-    /// there, symlinks included) and opens it for writing.
-    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<Self::File>;
+    /// Creates regular file `name` in `parent` with permission bits `mode`
+    /// (less the umask; fails if anything exists there, symlinks included)
+    /// and opens it for writing, whatever `mode` allows.
+    fn create_file(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        mode: Mode,
+    ) -> Result<Self::File>;
     /// Writes `buf[..len]` at `offset`, possibly later: errors may then be
     /// reported by [`FsOps::finish_writes`]. Takes the buffer and returns
     /// one to read the next chunk into: `buf` itself once written, or
@@ -171,13 +177,12 @@ impl FsOps for BlockingFs {
         rustix::fs::mkdirat(parent, name, mode)
     }
 
-    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
-        // 0600 until the entry's own mode is applied after chown.
+    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr, mode: Mode) -> Result<OwnedFd> {
         openat2(
             parent,
             name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
-            Mode::RUSR | Mode::WUSR,
+            mode,
             CHILD_ONLY,
         )
     }

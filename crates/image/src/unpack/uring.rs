@@ -104,12 +104,17 @@ impl FsOps for UringFs {
         self.sys.mkdir(parent, name, mode)
     }
 
-    fn create_file(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<UringFile> {
-        let fd = match self.sys.create_file(parent, name) {
+    fn create_file(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        mode: Mode,
+    ) -> Result<UringFile> {
+        let fd = match self.sys.create_file(parent, name, mode) {
             // Queued closes hold fds: let them finish, then retry.
             Err(Errno::MFILE | Errno::NFILE) => {
                 self.ring.flush().map_err(errno)?;
-                self.sys.create_file(parent, name)?
+                self.sys.create_file(parent, name, mode)?
             }
             other => other?,
         };
@@ -220,7 +225,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = dir_fd(tmp.path());
         let mut ops = UringFs::new().unwrap();
-        let file = ops.create_file(root.as_fd(), c"f").unwrap();
+        let file = ops
+            .create_file(root.as_fd(), c"f", Mode::from_raw_mode(0o600))
+            .unwrap();
         for i in 0..40u64 {
             ops.write_at(&file, vec![b'x'; 100_000], 100_000, i * 100_000)
                 .unwrap();

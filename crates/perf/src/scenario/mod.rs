@@ -8,6 +8,7 @@ pub mod nri;
 mod pods;
 pub mod podstart;
 pub mod pull;
+pub mod pulldisk;
 
 use crate::harness::Kind;
 use crate::plot::{Group, Line};
@@ -29,11 +30,13 @@ pub enum Scenario {
     NetSetup,
     /// What NRI adds to skiffd's pod start.
     Nri,
+    /// Cold `PullImage` onto a journaled ext4 on a loop device, with neighbours.
+    PullDisk,
 }
 
 impl Scenario {
     /// All scenarios, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Pull,
         Scenario::PodStart,
         Scenario::Density,
@@ -41,6 +44,7 @@ impl Scenario {
         Scenario::Exec,
         Scenario::NetSetup,
         Scenario::Nri,
+        Scenario::PullDisk,
     ];
 
     /// The command-line and file name.
@@ -53,6 +57,7 @@ impl Scenario {
             Scenario::Exec => "exec",
             Scenario::NetSetup => "netsetup",
             Scenario::Nri => "nri",
+            Scenario::PullDisk => "pulldisk",
         }
     }
 
@@ -88,6 +93,11 @@ impl Scenario {
                 "skiffd's pod start (RunPodSandbox + CreateContainer + StartContainer) with NRI \
                  off, on with no plugin, and on with one no-op plugin connected; skiffd only"
             }
+            Scenario::PullDisk => {
+                "cold PullImage onto a journaled ext4 on a loop device (page cache dropped), \
+                 skiffd durable / blocking engine / not durable against containerd, next to a \
+                 quiet filesystem, a just-deleted tree and a steady writer"
+            }
         }
     }
 
@@ -95,8 +105,14 @@ impl Scenario {
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
             Scenario::Pull | Scenario::PodStart | Scenario::Density | Scenario::NetSetup => None,
-            Scenario::Logs | Scenario::Exec | Scenario::Nri => None,
+            Scenario::Logs | Scenario::Exec | Scenario::Nri | Scenario::PullDisk => None,
         }
+    }
+
+    /// Whether a run that names no scenario runs it: `pulldisk` needs a loop
+    /// device and an 8 GiB sparse file, and runs only when named.
+    pub fn by_default(self) -> bool {
+        self != Scenario::PullDisk
     }
 
     /// Whether the scenario runs against the daemons (netsetup runs in-process).
@@ -107,7 +123,7 @@ impl Scenario {
     /// Whether the scenario compares skiffd with containerd (the harness's two
     /// daemons); `nri` compares skiffd configurations of its own instead.
     pub fn compares_systems(self) -> bool {
-        self.needs_daemons() && self != Scenario::Nri
+        self.needs_daemons() && !matches!(self, Scenario::Nri | Scenario::PullDisk)
     }
 }
 

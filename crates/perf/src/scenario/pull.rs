@@ -60,18 +60,18 @@ impl Sizes {
 }
 
 /// One generated image.
-struct TestImage {
-    name: String,
-    repo: String,
-    tag: String,
-    compression: Compression,
-    files: usize,
-    image: Image,
-    tar_bytes: u64,
+pub(super) struct TestImage {
+    pub(super) name: String,
+    pub(super) repo: String,
+    pub(super) tag: String,
+    pub(super) compression: Compression,
+    pub(super) files: usize,
+    pub(super) image: Image,
+    pub(super) tar_bytes: u64,
 }
 
 impl TestImage {
-    fn blob(&self) -> &[u8] {
+    pub(super) fn blob(&self) -> &[u8] {
         &self.image.layers[0].blob
     }
 
@@ -79,7 +79,7 @@ impl TestImage {
         self.blob().len() as u64
     }
 
-    fn reference(&self) -> String {
+    pub(super) fn reference(&self) -> String {
         Harness::reference(&self.repo, &self.tag)
     }
 }
@@ -157,7 +157,7 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
     Ok(outcome(h, &images, &floors, &cells, sizes))
 }
 
-fn build_images(sizes: Sizes) -> anyhow::Result<Vec<TestImage>> {
+pub(super) fn build_images(sizes: Sizes) -> anyhow::Result<Vec<TestImage>> {
     let mut images = Vec::new();
     for compression in [Compression::Gzip, Compression::Zstd] {
         let suffix = match compression {
