@@ -805,3 +805,82 @@ async fn failed_pull_of_a_multi_layer_image_leaves_no_snapshot() {
     assert_left_nothing(&mut c, &env).await;
     assert_good_pull(&mut c, &env, &name, &img.config_digest).await;
 }
+
+/// A small ext4 loop-mounted over a directory until dropped (lazily unmounted then:
+/// the loop device goes with the mount).
+struct SmallDisk {
+    at: PathBuf,
+    _image: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, mib: u64) -> SmallDisk {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("disk.ext4");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let ok = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("run a filesystem tool");
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        };
+        ok(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&file));
+        ok(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(at));
+        SmallDisk {
+            at: at.to_path_buf(),
+            _image: image,
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_pull_clearly_and_leaves_nothing() {
+    let Some(env) = start_default("full_disk_pull") else {
+        return;
+    };
+    let mut c = env.skiffd.client().await;
+    // The layers go to a 12 MiB filesystem; the image unpacks to 24 MiB.
+    let disk = SmallDisk::mount(&env.skiffd.root.join("snapshots"), 12);
+    let layer = LayerBuilder::new()
+        .pseudo_random_file("big", 0o644, 7, 24 << 20)
+        .finish(Compression::Gzip)
+        .unwrap();
+    let img = ImageBuilder::new().layer(layer).build();
+    env.registry.add_image("test/full", "1", &img);
+    let name = env.name("test/full:1");
+    let e = pull(&mut c, &name, None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("No space left") && e.message().contains("big"),
+        "{e:?}"
+    );
+    assert!(list(&mut c).await.is_empty());
+    let left: Vec<_> = env
+        .snapshots()
+        .into_iter()
+        .filter(|p| !p.ends_with("lost+found"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the half-written snapshot is left: {left:?}"
+    );
+    // With room again the same pull works.
+    drop(disk);
+    let id = pull(&mut c, &name, None).await.unwrap();
+    assert_eq!(id, img.config_digest);
+}

@@ -144,10 +144,28 @@ impl ImageError {
             ImageError::Registry { kind, .. } => *kind,
             ImageError::Mismatch { .. } => Kind::Unavailable,
             ImageError::TooLarge { .. } => Kind::ResourceExhausted,
+            ImageError::Unpack { .. } | ImageError::Io { .. } if self.disk_full() => {
+                Kind::ResourceExhausted
+            }
             ImageError::Unpack { .. } | ImageError::Io { .. } | ImageError::Meta(_) => {
                 Kind::Internal
             }
         }
+    }
+
+    /// Whether the filesystem ran out of space or quota (ENOSPC, EDQUOT) somewhere
+    /// in the error's causes: the node, not skiff, must make room.
+    fn disk_full(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        false
     }
 
     /// Whether retrying the same fetch may succeed.

@@ -2,11 +2,12 @@
 //!
 //! The async side feeds the HTTP body into a bounded channel; this blocking side reads
 //! it, hashes it, decompresses and unpacks, all streaming: a layer is never buffered.
-//! Two threads share the work: a decoder thread hashes the compressed bytes,
-//! decompresses and hashes the tar, and hands the tar on in [`CHUNK`]-byte pieces
-//! (at most [`DEPTH`] in flight, so a layer of any size holds a few MiB) to the
-//! calling thread, which unpacks. Decompression and hashing then overlap with the
-//! filesystem work instead of taking turns with it.
+//! Three threads share the work: a decoder thread hashes the compressed bytes and
+//! decompresses; it hands the tar in [`CHUNK`]-byte pieces (at most [`DEPTH`] in
+//! flight each way, so a layer of any size holds a few MiB) both to a hasher thread
+//! (the diff id) and to the calling thread, which unpacks. Decompression, hashing and
+//! the filesystem work then overlap instead of taking turns; on small-file layers the
+//! unpacker is the long pole, on big files the decoder and the hasher.
 
 use std::io::{self, BufReader, Read};
 use std::path::Path;
@@ -252,19 +253,31 @@ pub fn run_reader<R: Read + Send>(
         }
     };
     let (tx, rx) = sync_channel(DEPTH);
-    let (spare_tx, spare_rx) = sync_channel(DEPTH + 2);
+    let (hash_tx, hash_rx) = sync_channel::<Piece>(DEPTH);
     std::thread::scope(|scope| {
+        let hasher = std::thread::Builder::new()
+            .name("skiff-hash".into())
+            .spawn_scoped(scope, move || {
+                let mut h = Sha256::new();
+                for piece in hash_rx {
+                    h.update(&piece[..]);
+                }
+                Digest::from_hasher(h)
+            });
+        let hasher = match hasher {
+            Ok(h) => h,
+            Err(e) => return set_up_failed(e),
+        };
         let decoder = std::thread::Builder::new()
             .name("skiff-decode".into())
-            .spawn_scoped(scope, move || decode(dec, &tx, &spare_rx));
+            .spawn_scoped(scope, move || decode(dec, &tx, hash_tx));
         let decoder = match decoder {
             Ok(d) => d,
             Err(e) => return set_up_failed(e),
         };
         let mut tar = Pieces {
             rx,
-            spare: spare_tx,
-            current: Vec::new(),
+            current: Piece::default(),
             at: 0,
         };
         let unpacked = unpack(&mut tar, dir, opts).map_err(LayerError::from);
@@ -276,15 +289,15 @@ pub fn run_reader<R: Read + Send>(
             Ok(())
         };
         drop(tar);
-        match decoder.join() {
-            Ok((decoded, source)) => {
+        match (decoder.join(), hasher.join()) {
+            (Ok((whole, source)), Ok(tar_digest)) => {
                 let unpacked = match (unpacked, drained) {
                     (Ok(stats), Ok(())) => Ok(stats),
                     (Ok(_), Err(e)) => Err(LayerError::Trailer(e)),
                     (Err(e), _) => Err(e),
                 };
                 // Read to its end without an error, the tar's digest is its diff id.
-                let diff_id = decoded.filter(|_| unpacked.is_ok());
+                let diff_id = (whole && unpacked.is_ok()).then_some(tar_digest);
                 LayerOutcome {
                     digest: Digest::from_hasher(source.hasher),
                     size: source.size,
@@ -293,7 +306,7 @@ pub fn run_reader<R: Read + Send>(
                     stream_failed: source.failed,
                 }
             }
-            Err(_) => set_up_failed(io::Error::other("the decoder thread panicked")),
+            _ => set_up_failed(io::Error::other("a pipeline thread panicked")),
         }
     })
 }
@@ -317,19 +330,18 @@ fn set_up_failed(e: io::Error) -> LayerOutcome {
 /// unpacker stopped taking pieces) and the source.
 fn decode<R: Read>(
     mut dec: Decompressor<R>,
-    tx: &SyncSender<io::Result<Vec<u8>>>,
-    spare: &SyncReceiver<Vec<u8>>,
-) -> (Option<Digest>, Source<R>) {
-    let mut hasher = Sha256::new();
+    tx: &SyncSender<io::Result<Piece>>,
+    hash: SyncSender<Piece>,
+) -> (bool, Source<R>) {
     let mut whole = true;
     loop {
-        let mut buf = spare.try_recv().unwrap_or_default();
-        buf.resize(CHUNK, 0);
+        let mut buf = vec![0; CHUNK];
         let (n, failed) = fill(&mut dec, &mut buf);
         if n > 0 {
             buf.truncate(n);
-            hasher.update(&buf);
-            if tx.send(Ok(buf)).is_err() {
+            let piece = Piece::new(buf);
+            // The hasher never stops taking pieces before the decoder is done.
+            if hash.send(piece.clone()).is_err() || tx.send(Ok(piece)).is_err() {
                 // The unpacker stopped (it failed): the tar is of no more use.
                 whole = false;
                 break;
@@ -345,9 +357,10 @@ fn decode<R: Read>(
             break;
         }
     }
+    drop(hash);
     let mut source = dec.into_source();
     let _ = io::copy(&mut source, &mut io::sink());
-    (whole.then(|| Digest::from_hasher(hasher)), source)
+    (whole, source)
 }
 
 /// Reads until `buf` is full, `r` ends or fails; returns the bytes read and the
@@ -365,11 +378,13 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     (n, None)
 }
 
-/// The unpacker's side: the decoder's pieces as a reader; spent pieces go back to it.
+/// A piece of the tar, shared by the hasher and the unpacker.
+type Piece = std::sync::Arc<Vec<u8>>;
+
+/// The unpacker's side: the decoder's pieces as a reader.
 struct Pieces {
-    rx: SyncReceiver<io::Result<Vec<u8>>>,
-    spare: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
+    rx: SyncReceiver<io::Result<Piece>>,
+    current: Piece,
     at: usize,
 }
 
@@ -380,12 +395,8 @@ impl Read for Pieces {
                 // The decoder is done.
                 Err(_) => return Ok(0),
                 Ok(Ok(piece)) => {
-                    let spent = std::mem::replace(&mut self.current, piece);
+                    self.current = piece;
                     self.at = 0;
-                    if spent.capacity() > 0 {
-                        // Spares full or the decoder gone: the piece is just freed.
-                        let _ = self.spare.try_send(spent);
-                    }
                 }
                 Ok(Err(e)) => return Err(e),
             }

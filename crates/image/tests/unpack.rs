@@ -70,6 +70,8 @@ engine_tests!(
     root_entry_that_is_not_a_directory_is_skipped,
     missing_root_is_an_error,
     file_modes_and_owners_hold_whatever_creation_gave,
+    a_hundred_thousand_empty_files,
+    thousands_of_hard_links_to_one_file,
 );
 
 fn is_root() -> bool {
@@ -893,6 +895,47 @@ fn bad_checksum_is_an_error(engine: IoEngine) {
         .unpack(&tar_of(&b), &unprivileged(engine))
         .unwrap_err();
     assert!(matches!(err, UnpackError::Read { .. }), "{err}");
+}
+
+/// A layer of 100,000 empty files (in 100 directories): all there, nothing else.
+fn a_hundred_thousand_empty_files(engine: IoEngine) {
+    let mut b = LayerBuilder::new();
+    for d in 0..100 {
+        b.dir(&format!("d{d}"), 0o755);
+        for f in 0..1000 {
+            b.file(&format!("d{d}/f{f}"), 0o644, Vec::new());
+        }
+    }
+    let layer = Layer::new();
+    let stats = layer.unpack(&tar_of(&b), &opts(engine)).unwrap();
+    assert_eq!(stats.files, 100_000);
+    assert_eq!(stats.bytes, 0);
+    for d in [0, 57, 99] {
+        assert_eq!(
+            fs::read_dir(layer.path(&format!("d{d}"))).unwrap().count(),
+            1000
+        );
+    }
+    assert_eq!(fs::metadata(layer.path("d99/f999")).unwrap().len(), 0);
+}
+
+/// Every entry but the first a hard link to one file: one inode, all names.
+fn thousands_of_hard_links_to_one_file(engine: IoEngine) {
+    let mut b = LayerBuilder::new();
+    b.file("one", 0o644, "shared");
+    for i in 0..5000 {
+        b.hardlink(&format!("l{i}"), "one");
+    }
+    let layer = Layer::new();
+    let stats = layer.unpack(&tar_of(&b), &opts(engine)).unwrap();
+    assert_eq!(stats.hardlinks, 5000);
+    let one = fs::metadata(layer.path("one")).unwrap();
+    assert_eq!(one.nlink(), 5001);
+    for i in [0, 2500, 4999] {
+        let l = fs::metadata(layer.path(&format!("l{i}"))).unwrap();
+        assert_eq!((l.dev(), l.ino()), (one.dev(), one.ino()));
+    }
+    assert_eq!(fs::read(layer.path("l4999")).unwrap(), b"shared");
 }
 
 fn hardlink_to_missing_or_directory_target(engine: IoEngine) {
