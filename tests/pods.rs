@@ -645,6 +645,40 @@ async fn containers_survive_a_skiffd_crash_and_exits_during_the_outage_are_kept(
     assert_eq!(mounts_under(env.skiffd.dir()), Vec::<String>::new());
 }
 
+/// An ExecSync that races its container's exit (the soak once saw runc refuse one
+/// with "cannot exec in a stopped container", answered Internal) is either run or
+/// refused as a failed precondition, like one asked after the exit: never an
+/// internal error the kubelet would log as the runtime's fault.
+#[tokio::test]
+async fn exec_racing_the_containers_exit_is_a_failed_precondition() {
+    let Some((env, mut c)) = setup("exec_race_exit").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = pod_config("execrace", &logs);
+    let pod = run_pod(&mut c, &pod_cfg).await;
+    let (mut ran, mut refused) = (0, 0);
+    for i in 0..24 {
+        // Exits 0-115 ms after its start, around the time an exec takes to start.
+        let usec = (i % 12) * 10_000;
+        let cfg = ctr_config(&format!("race{i}"), &["usleep", &usec.to_string()]);
+        let ctr = create(&mut c, &pod, &pod_cfg, cfg).await.unwrap();
+        start(&mut c, &ctr).await;
+        match exec(&mut c, &ctr, &["true"], 5).await {
+            Ok(r) => {
+                assert_eq!(r.exit_code, 0, "{r:?}");
+                ran += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("execs run: {ran}, refused as stopped: {refused}");
+    common::end_pod(&mut c, &pod).await;
+}
+
 /// The pause, the PID 1 of the pod, holds stdio and nothing else: no descriptor of
 /// the shim's, of skiffd's or of whatever started skiffd (a leaked pause once held
 /// the test runner's lock file and pipes).

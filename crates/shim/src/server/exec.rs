@@ -196,6 +196,44 @@ impl Shim {
         Ok(c.bundle.clone())
     }
 
+    /// How to classify a runtime's refusal to exec in container `id`: the container
+    /// having stopped meanwhile (its process exited, reaped or not yet) is the client's
+    /// race with the exit, a failed precondition as for an exec asked after it; any
+    /// other refusal is the runtime's failure.
+    fn exec_failure_kind(&self, id: &str) -> FailureKind {
+        if self.stopped(id) {
+            FailureKind::FailedPrecondition
+        } else {
+            FailureKind::Runtime
+        }
+    }
+
+    /// Whether container `id` is gone or its process has exited (even if the exit is
+    /// not reaped yet).
+    fn stopped(&self, id: &str) -> bool {
+        use rustix::process::{Pid, WaitId, WaitIdOptions, test_kill_process, waitid};
+        let Some(c) = self
+            .containers
+            .find(id)
+            .and_then(|k| self.containers.get(k))
+        else {
+            return true;
+        };
+        if c.status != Status::Running {
+            return true;
+        }
+        let Some(pid) = c.pid.and_then(Pid::from_raw) else {
+            return true;
+        };
+        let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        match waitid(WaitId::Pid(pid), opts) {
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            // Not our child: it is stopped if it no longer exists.
+            Err(_) => test_kill_process(pid).is_err(),
+        }
+    }
+
     /// Kill jobs past their deadline; answer the jobs whose runtime exited.
     pub(super) fn progress_execs(&mut self) {
         let now = Instant::now();
@@ -238,7 +276,7 @@ impl Shim {
                 )
             } else if let Some(msg) = runtime_error(&job.log_file) {
                 fail(
-                    FailureKind::Runtime,
+                    self.exec_failure_kind(&job.ctr),
                     format!("exec in container {}: {msg}", job.ctr),
                 )
             } else {
@@ -359,7 +397,7 @@ impl Shim {
                     .unwrap_or_else(|| format!("{} exec: {s}", self.opts.runtime.display()));
                 cleanup(&console);
                 return Err(fail(
-                    FailureKind::Runtime,
+                    self.exec_failure_kind(id),
                     format!("exec in container {id}: {msg}"),
                 ));
             }
