@@ -643,6 +643,51 @@ async fn oversized_manifest_is_resource_exhausted() {
     assert_good_pull(&mut c, &env, &name, &img.config_digest).await;
 }
 
+/// A manifest response without a length that never ends: skiffd stops reading it
+/// once it passes the 4 MiB limit (before, the whole body was read and only then
+/// measured: a hostile registry chose how much skiffd buffered).
+#[tokio::test]
+async fn an_endless_manifest_is_cut_at_the_limit() {
+    let Some(env) = start_default("endless_manifest") else {
+        return;
+    };
+    let mut c = env.skiffd.client().await;
+    let img = small_image(1);
+    env.registry.add_image("test/endless", "1", &img);
+    const LIMIT: usize = 1 << 30;
+    env.registry.inject(
+        Target::manifests("test/endless"),
+        Fault::Endless { limit: LIMIT },
+        Times::Once,
+    );
+    let name = env.name("test/endless:1");
+    let e = pull(&mut c, &name, None).await.unwrap_err();
+    assert_failed(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &name,
+        &env.registry.host(),
+    );
+    assert!(e.message().contains("manifest"), "{e:?}");
+    // The registry's writer notices the closed connection once its socket buffer
+    // is full: a few MiB past the limit at most.
+    let start = Instant::now();
+    let sent = loop {
+        if let Some(&n) = env.registry.endless_sent().first() {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the response never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(sent < 32 << 20, "skiffd read {sent} bytes of the manifest");
+    assert_eq!(env.registry.count("GET", "/v2/test/endless/blobs/*"), 0);
+    assert_left_nothing(&mut c, &env).await;
+    assert_good_pull(&mut c, &env, &name, &img.config_digest).await;
+}
+
 #[tokio::test]
 async fn unsupported_layer_media_type_is_invalid_argument() {
     let Some(env) = start_default("unsupported_layer_media_type") else {

@@ -1,5 +1,6 @@
-//! Talking to registries: one oci-client per endpoint, manifests and configs fetched
-//! with size limits and verified, errors classified.
+//! Talking to registries: one oci-client per endpoint for blobs, manifests fetched by
+//! skiff's own request so their size limit holds while the body is read, configs
+//! fetched with a size limit; everything verified, errors classified.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
+use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
 use crate::error::{ImageError, Kind};
@@ -47,6 +49,12 @@ pub struct Remote {
     pub name: String,
     /// Credentials.
     pub auth: RegistryAuth,
+    /// skiff's own HTTP client for manifests (same TLS, timeouts and user agent).
+    http: reqwest::Client,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// The bearer token for this repository, once asked (`None`: none needed).
+    token: OnceCell<Option<String>>,
 }
 
 impl Remote {
@@ -63,13 +71,31 @@ impl Remote {
             ClientProtocol::Https
         };
         let mut certs = Vec::new();
+        let mut http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(endpoint.skip_verify)
+            .read_timeout(timeouts.read)
+            .connect_timeout(timeouts.connect)
+            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")));
         for ca in &endpoint.ca {
             let data = std::fs::read(ca).map_err(crate::error::io("read CA", ca))?;
+            let cert = reqwest::Certificate::from_pem(&data).map_err(|e| ImageError::Registry {
+                reference: reference.whole(),
+                endpoint: endpoint.host.clone(),
+                message: format!("CA certificate {}: {e}", ca.display()),
+                kind: Kind::FailedPrecondition,
+            })?;
+            http = http.add_root_certificate(cert);
             certs.push(Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
             });
         }
+        let http = http.build().map_err(|e| ImageError::Registry {
+            reference: reference.whole(),
+            endpoint: endpoint.host.clone(),
+            message: format!("HTTP client: {e}"),
+            kind: Kind::FailedPrecondition,
+        })?;
         let config = ClientConfig {
             protocol,
             accept_invalid_certificates: endpoint.skip_verify,
@@ -90,6 +116,9 @@ impl Remote {
             host: endpoint.host.clone(),
             name: reference.whole(),
             auth: auth.clone(),
+            http,
+            scheme: if endpoint.plain_http { "http" } else { "https" },
+            token: OnceCell::new(),
         })
     }
 
@@ -139,31 +168,129 @@ impl Remote {
             Some(d) => self.reference.clone_with_digest(d.to_string()),
             None => self.reference.clone(),
         };
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.error(e))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(ImageError::TooLarge {
-                reference: self.name.clone(),
-                what: "manifest",
-                size: bytes.len() as u64,
-                limit: MAX_MANIFEST_BYTES,
-            });
-        }
+        let (bytes, header) = self.manifest_body(&reference).await?;
         let actual = Digest::of(&bytes);
-        if let Some(expected) = reference.digest()
-            && expected != actual.as_str()
-        {
-            return Err(ImageError::Mismatch {
-                reference: self.name.clone(),
-                what: "manifest digest".into(),
-                expected: expected.into(),
-                actual: actual.to_string(),
-            });
+        // The digest asked for, and the one the registry announced (when it is a
+        // sha256: skiff computes no other).
+        let announced = header.as_deref().filter(|h| h.starts_with("sha256:"));
+        for expected in [reference.digest(), announced].into_iter().flatten() {
+            if expected != actual.as_str() {
+                return Err(ImageError::Mismatch {
+                    reference: self.name.clone(),
+                    what: "manifest digest".into(),
+                    expected: expected.into(),
+                    actual: actual.to_string(),
+                });
+            }
         }
-        Ok((bytes.to_vec(), actual))
+        Ok((bytes, actual))
+    }
+
+    /// The bearer token for pulling from this repository: asked once per remote
+    /// through oci-client, which keeps it for the blob requests that follow.
+    async fn bearer(&self) -> Result<Option<String>, ImageError> {
+        self.token
+            .get_or_try_init(|| async {
+                self.client
+                    .auth(&self.reference, &self.auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(|e| self.error(e))
+            })
+            .await
+            .cloned()
+    }
+
+    /// GET a manifest, reading at most [`MAX_MANIFEST_BYTES`] of its body: a
+    /// registry announcing or sending more is refused as soon as it is seen, so a
+    /// hostile one cannot make skiffd buffer an unbounded response. The body and the
+    /// `Docker-Content-Digest` header, if any.
+    async fn manifest_body(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Option<String>), ImageError> {
+        let registry = reference.resolve_registry();
+        let mut url = format!(
+            "{}://{registry}/v2/{}/manifests/{}",
+            self.scheme,
+            reference.repository(),
+            reference
+                .digest()
+                .or_else(|| reference.tag())
+                .unwrap_or("latest"),
+        );
+        if let Some(ns) = reference.namespace() {
+            url.push_str("?ns=");
+            url.push_str(ns);
+        }
+        let failed = |message: String, kind: Kind| ImageError::Registry {
+            reference: self.name.clone(),
+            endpoint: self.host.clone(),
+            message,
+            kind,
+        };
+        let mut req = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+        match (self.bearer().await?, &self.auth) {
+            (Some(token), _) => req = req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => {
+                req = req.basic_auth(user, Some(password));
+            }
+            (None, _) => {}
+        }
+        let mut res = req
+            .send()
+            .await
+            .map_err(|e| failed(format!("GET {url}: {}", error_chain(&e)), Kind::Unavailable))?;
+        let status = res.status();
+        let too_large = |size: u64| ImageError::TooLarge {
+            reference: self.name.clone(),
+            what: "manifest",
+            size,
+            limit: MAX_MANIFEST_BYTES,
+        };
+        let mut body = Vec::new();
+        // An error's body is only read for its message.
+        let limit = if status.is_success() {
+            MAX_MANIFEST_BYTES
+        } else {
+            4096
+        };
+        if status.is_success()
+            && let Some(len) = res.content_length()
+            && len > limit
+        {
+            return Err(too_large(len));
+        }
+        while let Some(chunk) = res.chunk().await.map_err(|e| {
+            failed(
+                format!("reading manifest from {url}: {}", error_chain(&e)),
+                Kind::Unavailable,
+            )
+        })? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > limit {
+                if status.is_success() {
+                    return Err(too_large(body.len() as u64));
+                }
+                body.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                break;
+            }
+        }
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(failed(
+                format!("GET {url}: {status}: {}", text.trim()),
+                error_kind(status.as_u16(), &body),
+            ));
+        }
+        let header = res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((body, header))
     }
 
     /// Fetch a small blob (the config) into memory, with a size limit, verified.
@@ -215,5 +342,79 @@ impl Remote {
             });
         }
         Ok(out)
+    }
+}
+
+/// The class of a registry's error answer: the codes of its error envelope when it
+/// sent one (the distribution spec's `{"errors": [{"code": …}]}`), else its status.
+fn error_kind(status: u16, body: &[u8]) -> Kind {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Code>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: String,
+    }
+    let codes: Vec<String> = serde_json::from_slice::<Envelope>(body)
+        .map(|e| e.errors.into_iter().map(|c| c.code).collect())
+        .unwrap_or_default();
+    let any = |names: &[&str]| codes.iter().any(|c| names.contains(&c.as_str()));
+    if any(&[
+        "MANIFEST_UNKNOWN",
+        "BLOB_UNKNOWN",
+        "NAME_UNKNOWN",
+        "NOT_FOUND",
+    ]) {
+        Kind::NotFound
+    } else if any(&["UNAUTHORIZED", "DENIED"]) {
+        Kind::Unauthenticated
+    } else {
+        match status {
+            401 | 403 => Kind::Unauthenticated,
+            404 => Kind::NotFound,
+            _ => Kind::Unavailable,
+        }
+    }
+}
+
+/// An error and its sources, joined (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_errors_are_classified_by_envelope_then_status() {
+        let env = |code: &str| format!(r#"{{"errors":[{{"code":"{code}","message":"x"}}]}}"#);
+        assert_eq!(
+            error_kind(404, env("MANIFEST_UNKNOWN").as_bytes()),
+            Kind::NotFound
+        );
+        assert_eq!(
+            error_kind(400, env("NAME_UNKNOWN").as_bytes()),
+            Kind::NotFound
+        );
+        assert_eq!(
+            error_kind(400, env("DENIED").as_bytes()),
+            Kind::Unauthenticated
+        );
+        assert_eq!(error_kind(403, b"forbidden"), Kind::Unauthenticated);
+        assert_eq!(error_kind(404, b""), Kind::NotFound);
+        assert_eq!(
+            error_kind(500, env("UNKNOWN").as_bytes()),
+            Kind::Unavailable
+        );
+        assert_eq!(error_kind(429, b""), Kind::Unavailable);
     }
 }

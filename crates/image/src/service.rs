@@ -446,6 +446,7 @@ impl Images {
         let dir = temp.fs();
         let opts = UnpackOptions {
             privileged: self.config.privileged,
+            start_writeback: self.snapshots.syncs(),
             ..UnpackOptions::default()
         };
         let worker =
@@ -569,6 +570,7 @@ impl Images {
                     );
                     let opts = UnpackOptions {
                         privileged: self.config.privileged,
+                        start_writeback: self.snapshots.syncs(),
                         ..UnpackOptions::default()
                     };
                     let verify = f.verify_digests;

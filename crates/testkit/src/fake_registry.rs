@@ -186,6 +186,14 @@ pub enum Fault {
         /// Total body size.
         size: usize,
     },
+    /// Send the headers without a `Content-Length` (the body ends when the
+    /// connection closes), the real body, then spaces until the client stops
+    /// reading or `limit` bytes in all were sent. [`FakeRegistry::endless_sent`]
+    /// tells how many bytes each such response got out.
+    Endless {
+        /// The most bytes sent.
+        limit: usize,
+    },
     /// Serve the manifest with every layer's `mediaType` replaced by this one
     /// (`Docker-Content-Digest` is the rewritten body's digest).
     LayerMediaType(String),
@@ -261,6 +269,8 @@ struct State {
     next_token: u64,
     rules: Vec<Rule>,
     requests: Vec<RecordedRequest>,
+    /// Bytes written by each finished `Fault::Endless` response.
+    endless_sent: Vec<usize>,
     /// Clones of open connections, to shut them down on drop.
     connections: HashMap<u64, TcpStream>,
     next_connection: u64,
@@ -504,6 +514,12 @@ impl FakeRegistry {
         self.requests_matching(method, glob).len()
     }
 
+    /// The body bytes each finished [`Fault::Endless`] response wrote before the
+    /// client closed the connection (or its limit was reached), oldest first.
+    pub fn endless_sent(&self) -> Vec<usize> {
+        self.shared.state().endless_sent.clone()
+    }
+
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
         self.shared.state().requests.clear();
@@ -733,15 +749,33 @@ fn write_response(
     for (name, value) in &r.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        r.body.len()
-    ));
+    if !matches!(fault, Some(Fault::Endless { .. })) {
+        head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
     stream.write_all(head.as_bytes())?;
     if head_only {
         return stream.flush();
     }
     match fault {
+        Some(Fault::Endless { limit }) => {
+            let mut sent = 0;
+            let mut result = stream.write_all(&r.body);
+            if result.is_ok() {
+                sent = r.body.len();
+                let spaces = vec![b' '; 64 << 10];
+                while sent < *limit && !shared.stopping() {
+                    let n = spaces.len().min(limit - sent);
+                    if let Err(e) = stream.write_all(&spaces[..n]) {
+                        result = Err(e);
+                        break;
+                    }
+                    sent += n;
+                }
+            }
+            shared.state().endless_sent.push(sent);
+            result
+        }
         Some(Fault::Truncate { after }) => {
             let n = (*after).min(r.body.len().saturating_sub(1));
             stream.write_all(&r.body[..n])?;
