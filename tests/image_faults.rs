@@ -929,3 +929,104 @@ async fn a_full_disk_fails_the_pull_clearly_and_leaves_nothing() {
     let id = pull(&mut c, &name, None).await.unwrap();
     assert_eq!(id, img.config_digest);
 }
+
+/// A block device that fails its writes with EIO: a loop device over a 256 MiB
+/// sparse file on a 24 MiB tmpfs, like a thin-provisioned volume out of space (this
+/// kernel has no device-mapper or fault injection to fail writes otherwise). The ext4
+/// on it (no journal, so a failed write does not abort a journal and turn it
+/// read-only) has room to spare and takes every write into the page cache; the
+/// device fails when the data is written out. Unmounted (lazily) when dropped, the
+/// tmpfs after it.
+struct FailingDisk {
+    at: PathBuf,
+    backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingDisk {
+    fn mount(at: &Path) -> FailingDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("tmpfs");
+        std::fs::create_dir(&backing).unwrap();
+        let ok = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("run a filesystem tool");
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        };
+        ok(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "skiff-test-failing-disk"])
+            .arg(&backing));
+        let disk = FailingDisk {
+            at: at.to_path_buf(),
+            backing: backing.clone(),
+            _dir: dir,
+        };
+        let file = backing.join("disk.ext4");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        ok(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal", "-E", "nodiscard"])
+            .arg(&file));
+        ok(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(at));
+        disk
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        for path in [&self.at, &self.backing] {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(path)
+                .status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_device_failing_its_writes_fails_the_pull_and_leaves_nothing() {
+    let Some(env) = start_default("eio_disk_pull") else {
+        return;
+    };
+    let mut c = env.skiffd.client().await;
+    let disk = FailingDisk::mount(&env.skiffd.root.join("snapshots"));
+    // 48 MiB of files for a device that can store ~20 MiB.
+    let layer = LayerBuilder::new()
+        .pseudo_random_file("big", 0o644, 11, 40 << 20)
+        .pseudo_random_file("small", 0o644, 12, 8 << 20)
+        .finish(Compression::Zstd)
+        .unwrap();
+    let img = ImageBuilder::new().layer(layer).build();
+    env.registry.add_image("test/eio", "1", &img);
+    let name = env.name("test/eio:1");
+    let e = pull(&mut c, &name, None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    // Names the image and the layer, says what failed, and says it once.
+    let layer_digest = img.layers[0].digest.clone();
+    assert!(
+        e.message().contains("Input/output error")
+            && e.message().contains(&name)
+            && e.message().contains(&layer_digest)
+            && e.message().contains("syncfs")
+            && e.message().matches("Input/output error").count() == 1,
+        "{e:?}"
+    );
+    assert!(list(&mut c).await.is_empty());
+    let left: Vec<_> = env
+        .snapshots()
+        .into_iter()
+        .filter(|p| !p.ends_with("lost+found"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the half-written snapshot is left: {left:?}"
+    );
+    // On a working store the same pull works.
+    drop(disk);
+    let id = pull(&mut c, &name, None).await.unwrap();
+    assert_eq!(id, img.config_digest);
+}

@@ -59,14 +59,19 @@ impl<E: Classify> From<E> for CriError {
 
 impl fmt::Display for CriError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Walk the source chain so the client sees the whole cause.
-        write!(f, "{}", self.0)?;
+        // Walk the source chain so the client sees the whole cause; a cause the
+        // message already shows (many errors print their source) is not repeated.
+        let mut text = self.0.to_string();
         let mut source = self.0.source();
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            let cause = s.to_string();
+            if !text.contains(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
             source = s.source();
         }
-        Ok(())
+        f.write_str(&text)
     }
 }
 
@@ -129,5 +134,47 @@ mod tests {
         let status = to_status(&CriError::unimplemented("Attach"));
         assert_eq!(status.code(), tonic::Code::Unimplemented);
         assert!(status.message().contains("Attach"));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("flushing {path}: {source}")]
+    struct Flush {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+    impl Classify for Flush {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Internal
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("storing layer")]
+    struct Store(#[source] Flush);
+    impl Classify for Store {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Internal
+        }
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = || std::io::Error::from_raw_os_error(5);
+        // The cause printed by the error itself is not appended again.
+        let status = to_status(&CriError::from(Flush {
+            path: "/x".into(),
+            source: io(),
+        }));
+        assert_eq!(status.message(), format!("flushing /x: {}", io()));
+        // One that is not printed is.
+        let status = to_status(&CriError::from(Store(Flush {
+            path: "/x".into(),
+            source: io(),
+        })));
+        assert_eq!(
+            status.message(),
+            format!("storing layer: flushing /x: {}", io())
+        );
     }
 }

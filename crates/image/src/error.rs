@@ -112,6 +112,18 @@ pub enum ImageError {
         #[source]
         source: crate::pipeline::LayerError,
     },
+    /// Storing an unpacked layer (flushing it to disk, renaming it into place)
+    /// failed.
+    #[error("storing layer {layer} of {reference}: {source}")]
+    Store {
+        /// The image reference.
+        reference: String,
+        /// The layer digest.
+        layer: String,
+        /// The cause.
+        #[source]
+        source: Box<ImageError>,
+    },
     /// The registry hosts configuration is unusable.
     #[error(transparent)]
     Hosts(#[from] crate::hosts::HostsError),
@@ -144,6 +156,7 @@ impl ImageError {
             ImageError::Registry { kind, .. } => *kind,
             ImageError::Mismatch { .. } => Kind::Unavailable,
             ImageError::TooLarge { .. } => Kind::ResourceExhausted,
+            ImageError::Store { source, .. } => source.kind(),
             ImageError::Unpack { .. } | ImageError::Io { .. } if self.disk_full() => {
                 Kind::ResourceExhausted
             }

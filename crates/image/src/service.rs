@@ -522,7 +522,12 @@ impl Images {
                 op: "join commit",
                 path: PathBuf::new(),
                 source: std::io::Error::other(e.to_string()),
-            })??;
+            })?
+            .map_err(|e| ImageError::Store {
+                reference: remote.name.clone(),
+                layer: layer.digest.to_string(),
+                source: Box::new(e),
+            })?;
         tracing::debug!(layer = %layer.digest, entries = stats.entries, bytes = stats.bytes, "layer unpacked");
         Ok(())
     }
