@@ -914,20 +914,8 @@ async fn a_full_disk_fails_the_pull_clearly_and_leaves_nothing() {
         e.message().contains("No space left") && e.message().contains("big"),
         "{e:?}"
     );
-    assert!(list(&mut c).await.is_empty());
-    let left: Vec<_> = env
-        .snapshots()
-        .into_iter()
-        .filter(|p| !p.ends_with("lost+found"))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the half-written snapshot is left: {left:?}"
-    );
     // With room again the same pull works.
-    drop(disk);
-    let id = pull(&mut c, &name, None).await.unwrap();
-    assert_eq!(id, img.config_digest);
+    assert_failed_on_a_bad_disk_then_good(&mut c, &env, disk, &name, &img.config_digest).await;
 }
 
 /// A block device that fails its writes with EIO: a loop device over a 256 MiB
@@ -1015,7 +1003,21 @@ async fn a_device_failing_its_writes_fails_the_pull_and_leaves_nothing() {
             && e.message().matches("Input/output error").count() == 1,
         "{e:?}"
     );
-    assert!(list(&mut c).await.is_empty());
+    // On a working store the same pull works.
+    assert_failed_on_a_bad_disk_then_good(&mut c, &env, disk, &name, &img.config_digest).await;
+}
+
+/// After a pull failed on the disk mounted over the snapshots (`disk`): no image,
+/// no snapshot (the filesystem's own `lost+found` aside); with the disk gone, the
+/// same pull gives `id`.
+async fn assert_failed_on_a_bad_disk_then_good<D>(
+    c: &mut CriClient,
+    env: &Env,
+    disk: D,
+    name: &str,
+    id: &str,
+) {
+    assert!(list(c).await.is_empty());
     let left: Vec<_> = env
         .snapshots()
         .into_iter()
@@ -1025,8 +1027,6 @@ async fn a_device_failing_its_writes_fails_the_pull_and_leaves_nothing() {
         left.is_empty(),
         "the half-written snapshot is left: {left:?}"
     );
-    // On a working store the same pull works.
     drop(disk);
-    let id = pull(&mut c, &name, None).await.unwrap();
-    assert_eq!(id, img.config_digest);
+    assert_eq!(pull(c, name, None).await.unwrap(), id);
 }

@@ -960,7 +960,17 @@ async fn pods_on_the_bridge_reach_each_other_and_leave_nothing_behind() {
         })
         .await
         .unwrap();
-    assert_eq!(pod_links(&env).len(), 1);
+    // The veth pair goes with the pod's network namespace, which the kernel cleans
+    // up off the Stop path (RemovePodSandbox makes sure): give it a moment.
+    let start = Instant::now();
+    while pod_links(&env).len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stopped pod's veth is still there: {:?}",
+            pod_links(&env)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let again = run_pod(&mut c, &pod_config("net-c", &logs)).await;
     assert_eq!(pod_ip(&mut c, &again).await, ip_b);
     for p in [&a, &b, &again] {
