@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio::sync::OnceCell;
@@ -128,29 +128,9 @@ impl Remote {
             OciDistributionError::AuthenticationFailure(_)
             | OciDistributionError::UnauthorizedError { .. } => Kind::Unauthenticated,
             OciDistributionError::ImageManifestNotFoundError(_) => Kind::NotFound,
-            OciDistributionError::ServerError { code, .. } => match code {
-                401 | 403 => Kind::Unauthenticated,
-                404 => Kind::NotFound,
-                _ => Kind::Unavailable,
-            },
+            OciDistributionError::ServerError { code, .. } => status_kind(*code),
             OciDistributionError::RegistryError { envelope, .. } => {
-                if envelope.errors.iter().any(|err| {
-                    matches!(
-                        err.code,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    Kind::NotFound
-                } else if envelope.errors.iter().any(|err| {
-                    matches!(err.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)
-                }) {
-                    Kind::Unauthenticated
-                } else {
-                    Kind::Unavailable
-                }
+                envelope_kind(envelope).unwrap_or(Kind::Unavailable)
             }
             _ => Kind::Unavailable,
         };
@@ -348,33 +328,38 @@ impl Remote {
 /// The class of a registry's error answer: the codes of its error envelope when it
 /// sent one (the distribution spec's `{"errors": [{"code": …}]}`), else its status.
 fn error_kind(status: u16, body: &[u8]) -> Kind {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<Code>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Code {
-        code: String,
-    }
-    let codes: Vec<String> = serde_json::from_slice::<Envelope>(body)
-        .map(|e| e.errors.into_iter().map(|c| c.code).collect())
-        .unwrap_or_default();
-    let any = |names: &[&str]| codes.iter().any(|c| names.contains(&c.as_str()));
-    if any(&[
-        "MANIFEST_UNKNOWN",
-        "BLOB_UNKNOWN",
-        "NAME_UNKNOWN",
-        "NOT_FOUND",
-    ]) {
-        Kind::NotFound
-    } else if any(&["UNAUTHORIZED", "DENIED"]) {
-        Kind::Unauthenticated
+    serde_json::from_slice::<OciEnvelope>(body)
+        .ok()
+        .and_then(|e| envelope_kind(&e))
+        .unwrap_or_else(|| status_kind(status))
+}
+
+/// The class an error envelope's codes give, if any of them says.
+fn envelope_kind(envelope: &OciEnvelope) -> Option<Kind> {
+    let any = |f: fn(&OciErrorCode) -> bool| envelope.errors.iter().any(|e| f(&e.code));
+    if any(|c| {
+        matches!(
+            c,
+            OciErrorCode::ManifestUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NameUnknown
+                | OciErrorCode::NotFound
+        )
+    }) {
+        Some(Kind::NotFound)
+    } else if any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+        Some(Kind::Unauthenticated)
     } else {
-        match status {
-            401 | 403 => Kind::Unauthenticated,
-            404 => Kind::NotFound,
-            _ => Kind::Unavailable,
-        }
+        None
+    }
+}
+
+/// The class of an HTTP error status from a registry.
+fn status_kind(status: u16) -> Kind {
+    match status {
+        401 | 403 => Kind::Unauthenticated,
+        404 => Kind::NotFound,
+        _ => Kind::Unavailable,
     }
 }
 

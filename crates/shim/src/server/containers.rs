@@ -72,6 +72,11 @@ impl Containers {
     }
 
     /// The container with skiffd's id `id`.
+    pub(super) fn find_ref(&self, id: &str) -> Option<&Container> {
+        self.get(self.find(id)?)
+    }
+
+    /// The container with skiffd's id `id`.
     pub(super) fn find_mut(&mut self, id: &str) -> Option<&mut Container> {
         let key = self.find(id)?;
         self.get_mut(key)

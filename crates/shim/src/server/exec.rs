@@ -177,11 +177,7 @@ impl Shim {
 
     /// The bundle of a running container `id` to exec `args` in, or the failure.
     fn exec_target(&self, id: &str, args: &[String]) -> Result<PathBuf, Answer> {
-        let Some(c) = self
-            .containers
-            .find(id)
-            .and_then(|k| self.containers.get(k))
-        else {
+        let Some(c) = self.containers.find_ref(id) else {
             return Err(not_found(id));
         };
         if c.status != Status::Running {
@@ -212,11 +208,7 @@ impl Shim {
     /// not reaped yet).
     fn stopped(&self, id: &str) -> bool {
         use rustix::process::{Pid, WaitId, WaitIdOptions, test_kill_process, waitid};
-        let Some(c) = self
-            .containers
-            .find(id)
-            .and_then(|k| self.containers.get(k))
-        else {
+        let Some(c) = self.containers.find_ref(id) else {
             return true;
         };
         if c.status != Status::Running {

@@ -356,11 +356,7 @@ impl Shim {
                 },
             },
             Request::Delete { id } => self.delete(&id),
-            Request::State { id } => match self
-                .containers
-                .find(&id)
-                .and_then(|k| self.containers.get(k))
-            {
+            Request::State { id } => match self.containers.find_ref(&id) {
                 None => not_found(&id),
                 Some(c) => Ok(Reply::State {
                     status: c.status,
