@@ -186,6 +186,8 @@ pub struct RuntimeSection {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandlerSection {
+    /// Run containers with skiff's own handler in the shim (no runtime binary).
+    pub native: Option<bool>,
     /// The OCI runtime binary (absolute path, or a name looked up in PATH).
     pub binary: Option<PathBuf>,
     /// The OCI runtime's state root.
@@ -258,6 +260,8 @@ impl CgroupMode {
 pub struct Handler {
     /// The RuntimeClass handler name.
     pub name: String,
+    /// skiff's own handler in the shim: `binary` is unused.
+    pub native: bool,
     /// The binary to execute.
     pub binary: PathBuf,
     /// The runtime's `--root`.
@@ -452,12 +456,18 @@ impl Config {
         }
 
         let mut handlers = BTreeMap::new();
-        for builtin in ["runc", "crun"] {
+        for builtin in ["runc", "crun", "native"] {
+            let native = builtin == "native";
             handlers.insert(
                 builtin.to_string(),
                 Handler {
                     name: builtin.into(),
-                    binary: PathBuf::from(builtin),
+                    native,
+                    binary: if native {
+                        PathBuf::new()
+                    } else {
+                        PathBuf::from(builtin)
+                    },
                     root: state.join("runtime").join(builtin),
                 },
             );
@@ -469,13 +479,25 @@ impl Config {
                     "a handler name must be a DNS label (lowercase letters, digits, '-', at most 63)".into(),
                 ));
             }
-            let binary = h.binary.clone().unwrap_or_else(|| {
-                handlers
-                    .get(name)
-                    .map(|b: &Handler| b.binary.clone())
-                    .unwrap_or_else(|| PathBuf::from(name))
-            });
-            if binary.as_os_str().is_empty() {
+            let builtin = handlers.get(name);
+            let native = h
+                .native
+                .unwrap_or_else(|| builtin.is_some_and(|b: &Handler| b.native));
+            if native && h.binary.is_some() {
+                return Err(invalid(
+                    &format!("runtime.handlers.{name}.binary"),
+                    "a native handler runs no binary".into(),
+                ));
+            }
+            let binary = if native {
+                PathBuf::new()
+            } else {
+                h.binary.clone().unwrap_or_else(|| match builtin {
+                    Some(b) if !b.native => b.binary.clone(),
+                    _ => PathBuf::from(name),
+                })
+            };
+            if !native && binary.as_os_str().is_empty() {
                 return Err(invalid(
                     &format!("runtime.handlers.{name}.binary"),
                     "must not be empty".into(),
@@ -495,6 +517,7 @@ impl Config {
                 name.clone(),
                 Handler {
                     name: name.clone(),
+                    native,
                     binary,
                     root: hroot,
                 },
@@ -725,10 +748,13 @@ cni_bin_dir = "{DEFAULT_CNI_BIN_DIR}"
 # and reports its containers exited.
 shim_liveness_timeout = {liveness}
 
-# One table per RuntimeClass handler; runc and crun always exist.
+# One table per RuntimeClass handler; runc, crun and native always exist. "native" is
+# skiff's own handler in the shim (no runtime binary; docs/native-handler.md).
 # [runtime.handlers.crun]
 # binary = "/usr/bin/crun"               # absolute, or a name looked up in PATH
 # root = "{DEFAULT_STATE}/runtime/crun"   # the runtime's --root
+# [runtime.handlers.fast]
+# native = true
 
 [streaming]
 # Exec, attach and port-forward (SPDY/3.1 and WebSocket). Loopback and an ephemeral port

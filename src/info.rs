@@ -83,7 +83,7 @@ impl Info {
     /// Why the runtime is not ready, or `None` when it is.
     fn runtime_problem(&self) -> Option<String> {
         let handler = self.config.handler("")?;
-        if find_executable(&handler.binary).is_none() {
+        if !handler.native && find_executable(&handler.binary).is_none() {
             return Some(format!(
                 "OCI runtime {:?} for the default handler {:?} is not installed",
                 handler.binary.display().to_string(),
@@ -112,7 +112,17 @@ pub fn probe_all(config: &Config) -> HandlerFeatureMap {
     config
         .handlers
         .iter()
-        .map(|(name, h)| (name.clone(), probe_features(&h.binary)))
+        .map(|(name, h)| {
+            let features = if h.native {
+                // libcontainer mounts `rro` with mount_setattr where the kernel has it.
+                HandlerFeatures {
+                    recursive_read_only: true,
+                }
+            } else {
+                probe_features(&h.binary)
+            };
+            (name.clone(), features)
+        })
         .collect()
 }
 

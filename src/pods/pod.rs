@@ -386,7 +386,11 @@ impl Runtime {
                 pod_id: rec.id.clone(),
                 socket: rec.shim_socket.clone(),
                 dir: dir.clone(),
-                runtime: handler.binary.clone(),
+                runtime: if handler.native {
+                    skiff_shim_proto::options::Runtime::Native
+                } else {
+                    skiff_shim_proto::options::Runtime::Binary(handler.binary.clone())
+                },
                 runtime_root: handler.root.clone(),
                 pause,
                 pause_procs: procs,
@@ -588,7 +592,15 @@ pub(super) async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
         .filter(|c| c.pod_id == p.id)
     {
         if let Some(h) = &handler {
-            let out = tokio::process::Command::new(&h.binary)
+            // The native handler's delete is the shim binary's `oci` command.
+            let mut cmd = if h.native {
+                let mut cmd = tokio::process::Command::new(&rt.shim_binary);
+                cmd.arg("oci");
+                cmd
+            } else {
+                tokio::process::Command::new(&h.binary)
+            };
+            let out = cmd
                 .arg("--root")
                 .arg(&h.root)
                 .args(["delete", "--force", &c.id])

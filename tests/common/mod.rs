@@ -145,7 +145,7 @@ pub fn start_with_registry(
         hosts.path().display()
     );
     let mut options = SkiffdOptions {
-        config_toml: Some(config),
+        config_toml: Some(with_test_handler(&config)),
         ..Default::default()
     };
     options.env = env
@@ -159,6 +159,23 @@ pub fn start_with_registry(
         netns,
         hosts,
     })
+}
+
+/// `config` with `runtime.default_handler` set from `SKIFF_TEST_HANDLER` when that is
+/// set: the same end-to-end tests then run on another handler (`.ci/run` runs the pod
+/// tests on the native one too).
+pub fn with_test_handler(config: &str) -> String {
+    let Ok(handler) = std::env::var("SKIFF_TEST_HANDLER") else {
+        return config.to_string();
+    };
+    let mut table: toml::Table = config.parse().expect("test config is TOML");
+    table
+        .entry("runtime")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[runtime] is a table")
+        .insert("default_handler".into(), toml::Value::String(handler));
+    table.to_string()
 }
 
 /// Pull `image` through skiffd's CRI ImageService; panics naming it on failure.

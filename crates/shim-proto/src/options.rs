@@ -13,14 +13,49 @@ pub struct Options {
     pub socket: PathBuf,
     /// The pod's state directory (the shim's pid file and log go there).
     pub dir: PathBuf,
-    /// The OCI runtime binary.
-    pub runtime: PathBuf,
+    /// The OCI runtime: a binary, or the shim's own handler.
+    pub runtime: Runtime,
     /// The OCI runtime's `--root`.
     pub runtime_root: PathBuf,
     /// The pause binary to start as PID 1 of a new PID namespace, if the pod has one.
     pub pause: Option<PathBuf>,
     /// The `cgroup.procs` files the pause process joins.
     pub pause_procs: Vec<PathBuf>,
+}
+
+/// How the shim runs containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// An OCI runtime binary with runc's command line (`runc`, `crun`).
+    Binary(PathBuf),
+    /// The shim's own handler: no runtime binary is executed.
+    Native,
+}
+
+impl Runtime {
+    /// How `--runtime` names the native handler (not a path: it has a colon and no
+    /// slash, and a binary is named by its path or a PATH lookup).
+    pub const NATIVE_ARG: &'static str = "builtin:native";
+
+    fn to_arg(&self) -> OsString {
+        match self {
+            Runtime::Binary(p) => p.clone().into(),
+            Runtime::Native => Self::NATIVE_ARG.into(),
+        }
+    }
+
+    fn from_arg(value: OsString) -> Runtime {
+        if value == Self::NATIVE_ARG {
+            Runtime::Native
+        } else {
+            Runtime::Binary(value.into())
+        }
+    }
+
+    /// Whether the runtime is not named at all.
+    fn is_empty(&self) -> bool {
+        matches!(self, Runtime::Binary(p) if p.as_os_str().is_empty())
+    }
 }
 
 /// The command line is not one [`Options::to_args`] writes.
@@ -46,7 +81,7 @@ impl Options {
         flag("--pod", self.pod_id.clone().into());
         flag("--socket", self.socket.clone().into());
         flag("--dir", self.dir.clone().into());
-        flag("--runtime", self.runtime.clone().into());
+        flag("--runtime", self.runtime.to_arg());
         flag("--runtime-root", self.runtime_root.clone().into());
         if let Some(p) = &self.pause {
             flag("--pause", p.clone().into());
@@ -63,7 +98,7 @@ impl Options {
             pod_id: String::new(),
             socket: PathBuf::new(),
             dir: PathBuf::new(),
-            runtime: PathBuf::new(),
+            runtime: Runtime::Binary(PathBuf::new()),
             runtime_root: PathBuf::new(),
             pause: None,
             pause_procs: Vec::new(),
@@ -81,7 +116,7 @@ impl Options {
                 }
                 "--socket" => o.socket = value.into(),
                 "--dir" => o.dir = value.into(),
-                "--runtime" => o.runtime = value.into(),
+                "--runtime" => o.runtime = Runtime::from_arg(value),
                 "--runtime-root" => o.runtime_root = value.into(),
                 "--pause" => o.pause = Some(value.into()),
                 "--pause-procs" => o.pause_procs.push(value.into()),
@@ -92,7 +127,7 @@ impl Options {
             ("--pod", o.pod_id.is_empty()),
             ("--socket", o.socket.as_os_str().is_empty()),
             ("--dir", o.dir.as_os_str().is_empty()),
-            ("--runtime", o.runtime.as_os_str().is_empty()),
+            ("--runtime", o.runtime.is_empty()),
             ("--runtime-root", o.runtime_root.as_os_str().is_empty()),
         ] {
             if missing {
@@ -113,7 +148,7 @@ mod tests {
             pod_id: "p".into(),
             socket: "/run/s".into(),
             dir: "/run/d".into(),
-            runtime: "/usr/bin/runc".into(),
+            runtime: Runtime::Binary("/usr/bin/runc".into()),
             runtime_root: "/run/r".into(),
             pause: Some("/bin/pause".into()),
             pause_procs: vec!["/a".into(), "/b".into()],
@@ -121,6 +156,12 @@ mod tests {
         let args = o.to_args();
         assert_eq!(args[0], "serve");
         assert_eq!(Options::parse(args.into_iter().skip(1)).unwrap(), o);
+        let native = Options {
+            runtime: Runtime::Native,
+            ..o
+        };
+        let args = native.to_args();
+        assert_eq!(Options::parse(args.into_iter().skip(1)).unwrap(), native);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! connection (`skiff_shim_proto::protocol`). The shim is single-threaded and has no async runtime.
 
 pub mod logfmt;
+pub mod native;
 pub mod server;
 mod sys;
 

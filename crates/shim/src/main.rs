@@ -2,6 +2,8 @@
 //!
 //! `skiff-shim serve --pod ID --socket PATH --dir DIR --runtime BIN --runtime-root DIR
 //! [--pause BIN] [--pause-procs FILE]...` detaches and prints `ready <pid> <pause pid>`.
+//! `skiff-shim oci --root DIR delete --force ID` deletes a native-handler container
+//! whose shim is gone (skiffd's clean-up of orphans; runc's command line).
 
 use std::process::ExitCode;
 
@@ -13,6 +15,26 @@ fn usage(why: &str) -> ExitCode {
          --dir DIR --runtime BIN --runtime-root DIR [--pause BIN] [--pause-procs FILE]..."
     );
     ExitCode::from(2)
+}
+
+/// `oci --root DIR delete [--force] ID`: the native handler's delete, standalone.
+fn oci(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (root, id) = match strs.as_slice() {
+        ["--root", root, "delete", "--force", id] | ["--root", root, "delete", id] => (*root, *id),
+        _ => return usage("oci: only `--root DIR delete [--force] ID` is supported"),
+    };
+    match skiff_shim::native::Handler::new(std::path::Path::new(root)).delete(id) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-shim: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -38,6 +60,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("oci") => oci(args.collect()),
         _ => usage("no command"),
     }
 }

@@ -32,7 +32,7 @@ pub fn signalfd() -> io::Result<OwnedFd> {
 }
 
 /// Unblock every signal again (in a child before exec).
-fn unblock_all() {
+pub fn unblock_all() {
     // SAFETY: as in `signalfd`; sigprocmask is async-signal-safe.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -78,6 +78,65 @@ pub unsafe fn fork() -> io::Result<Forked> {
         0 => Ok(Forked::Child),
         _ => Ok(Forked::Parent),
     }
+}
+
+/// fork(2), returning the child's pid in the parent and `None` in the child.
+///
+/// # Safety
+/// As [`fork`]: the calling process must be single-threaded.
+pub unsafe fn fork_pid() -> io::Result<Option<i32>> {
+    // SAFETY: the caller guarantees a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Close every descriptor from `first` up (in a forked child, before it runs anything
+/// that could hand a descriptor on). On a kernel without close_range (< 5.9) they are
+/// left (they are close-on-exec).
+pub fn close_from(first: u32) {
+    // SAFETY: a raw syscall with plain integer arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+}
+
+/// SIGPIPE back to its default action (Rust's runtime ignores it, and an ignored
+/// signal stays ignored across exec).
+pub fn default_sigpipe() {
+    // SAFETY: setting a standard disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Wait for the operation process `pid` (our child) and return its exit code
+/// (128 + the signal that killed it).
+pub fn wait_exit(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    })
 }
 
 /// Start `pause` as PID 1 of a new PID namespace, joined to the cgroups whose

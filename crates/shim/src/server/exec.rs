@@ -1,6 +1,6 @@
-//! Running processes in a container: ExecSync (`runtime exec`, output collected, a
-//! deadline that kills it) and streaming exec (`runtime exec --detach`, stdio handed to
-//! skiffd over the connection, the exit sent on it later).
+//! Running processes in a container: ExecSync (an exec operation that waits for the
+//! process, output collected, a deadline that kills it) and streaming exec (a detached
+//! exec, stdio handed to skiffd over the connection, the exit sent on it later).
 
 use std::collections::HashMap;
 use std::fs;
@@ -8,7 +8,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -18,6 +17,7 @@ use super::conns::{ConnId, Role};
 use super::lifecycle::{remove_quietly, runtime_error};
 use super::output::{pipe, read_some, receive_console, stream_pipe};
 use super::reap::{self, Owner};
+use super::runtime::{Op, Stdio3, wait_exit};
 use super::{Shim, fail, not_found, note};
 use crate::logfmt::Stream;
 
@@ -130,28 +130,23 @@ impl Shim {
         let ((out_r, out_w), (err_r, err_w)) = pipe()
             .and_then(|o| pipe().map(|e| (o, e)))
             .map_err(|e| fail(FailureKind::Internal, format!("exec pipes: {e}")))?;
-        let child = self
-            .runtime(&log_file)
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .spawn()
-            .map_err(|e| {
-                fail(
-                    FailureKind::Internal,
-                    format!("run {}: {e}", self.opts.runtime.display()),
-                )
-            })?;
-        let Ok(pid) = i32::try_from(child.id()) else {
-            return Err(fail(FailureKind::Internal, "bad pid"));
+        let op = Op::Exec {
+            args: &args,
+            pid_file: &pid_file,
+            detach: false,
+            console: None,
         };
-        // The child is reaped by `reap`, never through `Child`.
-        drop(child);
+        let io = Stdio3 {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        };
+        let pid = self.launch(id, &op, io, &log_file).map_err(|e| {
+            fail(
+                FailureKind::Internal,
+                format!("run {}: {e}", self.runtime_name()),
+            )
+        })?;
         self.reaper.own(pid, Owner::Exec(n));
         self.conns.set_role(conn, Role::Exec);
         self.execs.jobs.insert(
@@ -337,41 +332,37 @@ impl Shim {
         let n = self.execs.number();
         let pid_file = bundle.join(format!("exec-{n}.pid"));
         let log_file = bundle.join(format!("exec-{n}.log"));
-        let mut cmd = self.runtime(&log_file);
-        cmd.arg("exec")
-            .arg("--detach")
-            .arg("--pid-file")
-            .arg(&pid_file);
         let mut roles = Vec::new();
         let mut keep = Vec::new();
+        let mut io = Stdio3::default();
         let console = if tty {
             let path = self.opts.socket.with_file_name(format!("x{n}.tty"));
             remove_quietly(&path);
             let listener = UnixListener::bind(&path).map_err(|e| io_fail("console socket", e))?;
-            cmd.arg("--tty").arg("--console-socket").arg(&path);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
             Some((listener, path))
         } else {
             if stdin {
                 let (r, w) = stream_pipe().map_err(|e| io_fail("stdin pipe", e))?;
-                cmd.stdin(Stdio::from(r));
+                io.stdin = Some(r);
                 roles.push(FdRole::Stdin);
                 keep.push(w);
-            } else {
-                cmd.stdin(Stdio::null());
             }
             let (out_r, out_w) = stream_pipe().map_err(|e| io_fail("stdout pipe", e))?;
             let (err_r, err_w) = stream_pipe().map_err(|e| io_fail("stderr pipe", e))?;
-            cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            io.stdout = Some(out_w);
+            io.stderr = Some(err_w);
             roles.extend([FdRole::Stdout, FdRole::Stderr]);
             keep.extend([out_r, err_r]);
             None
         };
-        let status = cmd.arg(id).args(args).status();
-        // The pipe ends the process got are closed in the shim with `cmd`.
-        drop(cmd);
+        let op = Op::Exec {
+            args,
+            pid_file: &pid_file,
+            detach: true,
+            console: console.as_ref().map(|(_, p)| p.as_path()),
+        };
+        // The pipe ends the process got are closed in the shim with `io`, in `launch`.
+        let status = self.launch(id, &op, io, &log_file).and_then(wait_exit);
         let cleanup = |console: &Option<(UnixListener, PathBuf)>| {
             if let Some((_, path)) = console {
                 remove_quietly(path);
@@ -382,11 +373,11 @@ impl Shim {
         match status {
             Err(e) => {
                 cleanup(&console);
-                return Err(io_fail(&format!("run {}", self.opts.runtime.display()), e));
+                return Err(io_fail(&format!("run {}", self.runtime_name()), e));
             }
-            Ok(s) if !s.success() => {
+            Ok(code) if code != 0 => {
                 let msg = runtime_error(&log_file)
-                    .unwrap_or_else(|| format!("{} exec: {s}", self.opts.runtime.display()));
+                    .unwrap_or_else(|| format!("{} exec: exit status {code}", self.runtime_name()));
                 cleanup(&console);
                 return Err(fail(
                     self.exec_failure_kind(id),

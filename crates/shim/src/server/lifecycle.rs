@@ -1,19 +1,19 @@
-//! Container lifecycle through the OCI runtime (`runc` / `crun`): create, start, kill,
-//! delete, update, and reopening the log. Each runtime command runs to completion in
-//! the loop with `--log <bundle>/runtime.log --log-format json`, whose last error is the
-//! failure message.
+//! Container lifecycle through the runtime handler (`runc`, `crun` or the native one):
+//! create, start, kill, delete, update, and reopening the log. Each operation runs to
+//! completion in the loop, logging to `<bundle>/runtime.log` as JSON lines, whose last
+//! error is the failure message.
 
 use std::fs;
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use skiff_shim_proto::protocol::{Answer, FailureKind, Reply, Status};
 
 use super::containers::Container;
 use super::output::{Output, open_log, pipe, read_some, receive_console};
 use super::reap::Owner;
+use super::runtime::{Op, Stdio3, wait_exit};
 use super::{Shim, fail, not_found, note};
 
 /// The last `error` message an OCI runtime wrote to its JSON log, if any.
@@ -36,47 +36,36 @@ pub(super) fn remove_quietly(path: &Path) {
 }
 
 impl Shim {
-    /// The OCI runtime with its global flags, logging to `log`.
-    pub(super) fn runtime(&self, log: &Path) -> Command {
-        let mut cmd = Command::new(&self.opts.runtime);
-        cmd.arg("--root")
-            .arg(&self.opts.runtime_root)
-            .arg("--log")
-            .arg(log)
-            .arg("--log-format")
-            .arg("json");
-        cmd
-    }
-
-    /// Run a short runtime command to completion; its error message on failure.
-    pub(super) fn runtime_call(&self, bundle: &Path, args: &[&str]) -> Result<(), String> {
+    /// Run a short runtime operation to completion; its error message on failure.
+    pub(super) fn runtime_call(&self, bundle: &Path, id: &str, op: &Op) -> Result<(), String> {
         let log = bundle.join("runtime.log");
         remove_quietly(&log);
-        let out = self
-            .runtime(&log)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("run {}: {e}", self.opts.runtime.display()))?;
-        if out.status.success() {
+        let (err_r, err_w) = pipe().map_err(|e| format!("stderr pipe: {e}"))?;
+        let io = Stdio3 {
+            stderr: Some(err_w),
+            ..Stdio3::default()
+        };
+        let code = self
+            .launch(id, op, io, &log)
+            .and_then(wait_exit)
+            .map_err(|e| format!("run {}: {e}", self.runtime_name()))?;
+        if code == 0 {
             return Ok(());
         }
         Err(runtime_error(&log).unwrap_or_else(|| {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let mut buf = Vec::new();
+            let _ = read_some(&err_r, &mut buf, 4096);
+            let stderr = String::from_utf8_lossy(&buf).trim().to_string();
             format!(
-                "{} {}: {} {stderr}",
-                self.opts.runtime.display(),
-                args.join(" "),
-                out.status
+                "{} failed with status {code}: {stderr}",
+                self.runtime_name()
             )
         }))
     }
 
-    /// Undo a half-made container: `runtime delete --force`, noting a failure.
+    /// Undo a half-made container: delete it, noting a failure.
     fn force_delete(&self, bundle: &Path, id: &str) {
-        if let Err(msg) = self.runtime_call(bundle, &["delete", "--force", id]) {
+        if let Err(msg) = self.runtime_call(bundle, id, &Op::Delete) {
             note!("container {id}: delete after a failed create: {msg}");
         }
     }
@@ -112,11 +101,11 @@ impl Shim {
         };
         let (stdin_keep, stdin_child) = if stdin {
             match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
-                Ok((r, w)) => (Some(w), Stdio::from(r)),
+                Ok((r, w)) => (Some(w), Some(r)),
                 Err(e) => return io_fail("stdin pipe", e.into()),
             }
         } else {
-            (None, Stdio::null())
+            (None, None)
         };
         let log = match log_path.as_deref().map(open_log).transpose() {
             Ok(l) => l,
@@ -140,25 +129,28 @@ impl Shim {
         } else {
             None
         };
-        let mut cmd = self.runtime(&rt_log);
-        cmd.arg("create")
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--pid-file")
-            .arg(&pid_file);
-        if let Some((_, path)) = &console {
-            cmd.arg("--console-socket").arg(path);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(err_w));
+        let io = if console.is_some() {
+            Stdio3 {
+                stderr: Some(err_w),
+                ..Stdio3::default()
+            }
         } else {
-            cmd.stdin(stdin_child)
-                .stdout(Stdio::from(out_w))
-                .stderr(Stdio::from(err_w));
-        }
-        let status = cmd.arg(&id).status();
+            Stdio3 {
+                stdin: stdin_child,
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            }
+        };
+        let op = Op::Create {
+            bundle: &bundle,
+            pid_file: &pid_file,
+            console: console.as_ref().map(|(_, p)| p.as_path()),
+        };
+        // The pipe ends the operation got are closed in the shim when `io` is dropped
+        // inside `launch`.
+        let status = self.launch(&id, &op, io, &rt_log).and_then(wait_exit);
         let master = match (&console, &status) {
-            (Some((listener, path)), Ok(s)) if s.success() => {
+            (Some((listener, path)), Ok(0)) => {
                 let got = receive_console(listener);
                 remove_quietly(path);
                 match got {
@@ -176,8 +168,8 @@ impl Shim {
             _ => None,
         };
         match status {
-            Err(e) => return io_fail(&format!("run {}", self.opts.runtime.display()), e),
-            Ok(s) if !s.success() => {
+            Err(e) => return io_fail(&format!("run {}", self.runtime_name()), e),
+            Ok(code) if code != 0 => {
                 let mut buf = Vec::new();
                 if let Err(e) = read_some(&err_r, &mut buf, 4096) {
                     note!("container {id}: read the runtime's stderr: {e}");
@@ -257,7 +249,7 @@ impl Shim {
             );
         }
         let bundle = c.bundle.clone();
-        match self.runtime_call(&bundle, &["start", id]) {
+        match self.runtime_call(&bundle, id, &Op::Start) {
             Ok(()) => {
                 // The init may have exited (and been reaped) already.
                 if let Some(c) = self.containers.find_mut(id)
@@ -280,8 +272,7 @@ impl Shim {
         if all {
             let bundle = c.bundle.clone();
             let exited = c.exit.is_some();
-            let sig = signal.to_string();
-            return match self.runtime_call(&bundle, &["kill", "--all", id, &sig]) {
+            return match self.runtime_call(&bundle, id, &Op::KillAll { signal }) {
                 Ok(()) => Ok(Reply::Done),
                 // Nothing left to signal.
                 Err(_) if exited => Ok(Reply::Done),
@@ -320,7 +311,7 @@ impl Shim {
             .get(key)
             .map(|c| c.bundle.clone())
             .unwrap_or_default();
-        if let Err(msg) = self.runtime_call(&bundle, &["delete", "--force", id])
+        if let Err(msg) = self.runtime_call(&bundle, id, &Op::Delete)
             && !msg.contains("not exist")
         {
             return fail(
@@ -381,8 +372,7 @@ impl Shim {
                 format!("write {}: {e}", file.display()),
             );
         }
-        let path = file.to_string_lossy().into_owned();
-        match self.runtime_call(&bundle, &["update", "--resources", &path, id]) {
+        match self.runtime_call(&bundle, id, &Op::Update { resources: &file }) {
             Ok(()) => Ok(Reply::Done),
             Err(msg) => fail(
                 FailureKind::Runtime,

@@ -20,6 +20,7 @@ mod exec;
 mod lifecycle;
 mod output;
 mod reap;
+mod runtime;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
