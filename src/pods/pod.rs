@@ -594,7 +594,7 @@ pub(super) async fn kill_orphans(rt: &Arc<Runtime>, p: &PodRecord) {
         if let Some(h) = &handler {
             // The native handler's delete is the shim binary's `oci` command.
             let mut cmd = if h.native {
-                let mut cmd = tokio::process::Command::new(&rt.shim_binary);
+                let mut cmd = tokio::process::Command::new(&rt.shim_binary.path);
                 cmd.arg("oci");
                 cmd
             } else {

@@ -12,11 +12,72 @@ use super::RuntimeError;
 /// How long a short shim request may take (the OCI runtime runs inside some).
 pub const SHORT: Duration = Duration::from_secs(60);
 
+/// The shim binary as skiffd executes it: a sealed in-memory copy made once at start
+/// (`memfd_create` + `F_SEAL_WRITE`…), so no process that runs the shim's image, such
+/// as the native handler's forks that enter a container before they exec, can
+/// reach a writable file through `/proc/<pid>/exe` (CVE-2019-5736). Every shim maps
+/// the same copy. Without a copy (the binary missing at start) the path is used.
+#[derive(Debug)]
+pub struct ShimExe {
+    /// What is executed: `/proc/self/fd/<memfd>`, or the binary's path.
+    exec_path: PathBuf,
+    /// The binary on disk (the shim's `argv[0]`, and the one `oci` commands run).
+    pub path: PathBuf,
+    _sealed: Option<std::os::fd::OwnedFd>,
+}
+
+impl ShimExe {
+    /// Seal a copy of the binary at `path`; on failure (logged) fall back to the path.
+    pub fn new(path: PathBuf) -> ShimExe {
+        match seal_copy(&path) {
+            Ok(fd) => ShimExe {
+                exec_path: PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                )),
+                path,
+                _sealed: Some(fd),
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot seal a copy of the shim binary; executing it from disk");
+                ShimExe {
+                    exec_path: path.clone(),
+                    path,
+                    _sealed: None,
+                }
+            }
+        }
+    }
+
+    /// Whether shims run from the sealed copy.
+    pub fn is_sealed(&self) -> bool {
+        self._sealed.is_some()
+    }
+}
+
+/// A close-on-exec memfd holding the file at `path`, sealed against any change.
+fn seal_copy(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "skiff-shim",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut src = std::fs::File::open(path)?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst)?;
+    let fd = std::os::fd::OwnedFd::from(dst);
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
+    Ok(fd)
+}
+
 /// What the shim needs to start: its binary and its command-line options.
 #[derive(Debug, Clone)]
 pub struct ShimStart {
     /// The shim binary.
-    pub binary: PathBuf,
+    pub binary: std::sync::Arc<ShimExe>,
     /// What it is told on its command line.
     pub opts: skiff_shim_proto::options::Options,
 }
@@ -33,8 +94,9 @@ pub struct Started {
 /// Start a shim and wait until it serves.
 pub async fn start(start: &ShimStart) -> Result<Started, RuntimeError> {
     let s = &start.opts;
-    let mut cmd = tokio::process::Command::new(&start.binary);
-    cmd.args(s.to_args())
+    let mut cmd = tokio::process::Command::new(&start.binary.exec_path);
+    cmd.arg0(&start.binary.path)
+        .args(s.to_args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -44,7 +106,7 @@ pub async fn start(start: &ShimStart) -> Result<Started, RuntimeError> {
     };
     let mut child = cmd
         .spawn()
-        .map_err(|e| shim_err(format!("run {}: {e}", start.binary.display())))?;
+        .map_err(|e| shim_err(format!("run {}: {e}", start.binary.path.display())))?;
     let stdout = child
         .stdout
         .take()

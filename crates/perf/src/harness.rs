@@ -120,6 +120,8 @@ pub struct Options {
     pub mount_point: PathBuf,
     /// tmpfs size, `mount -o size=` syntax.
     pub tmpfs_size: String,
+    /// The RuntimeClass handler skiffd runs pods with (empty: its default).
+    pub skiff_handler: String,
 }
 
 /// Everything the run started. Fields drop in declaration order: daemons
@@ -262,7 +264,16 @@ impl Harness {
                 .into(),
         );
         h.containerd.state = h.start_containerd_at(&base, Kind::Containerd.label());
-        h.skiff.state = h.start_skiffd_with(Kind::Skiff.label(), "");
+        let handler_config = if opts.skiff_handler.is_empty() {
+            String::new()
+        } else {
+            h.notes.push(format!(
+                "skiffd's default runtime handler: {} (--skiff-handler)",
+                opts.skiff_handler
+            ));
+            format!("[runtime]\ndefault_handler = \"{}\"\n", opts.skiff_handler)
+        };
+        h.skiff.state = h.start_skiffd_with(Kind::Skiff.label(), &handler_config);
         Ok(h)
     }
 

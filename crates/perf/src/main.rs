@@ -95,6 +95,10 @@ struct Args {
     /// nri: pods started one at a time per skiffd configuration (default 40, quick 3).
     #[arg(long)]
     nri_pods: Option<usize>,
+    /// The RuntimeClass handler skiffd's pods use (runc, crun, native; default: skiffd's
+    /// own default handler).
+    #[arg(long, default_value = "")]
+    skiff_handler: String,
     /// pulldisk: also count syscalls and context switches per file with `perf stat -a`.
     #[arg(long)]
     perf_stat: bool,
@@ -283,6 +287,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             containerd: args.containerd.clone(),
             mount_point,
             tmpfs_size: args.tmpfs_size.clone(),
+            skiff_handler: args.skiff_handler.clone(),
         })?)
     } else {
         None

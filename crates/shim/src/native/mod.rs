@@ -55,8 +55,7 @@ impl Handler {
     ) -> Result<(), String> {
         fs::create_dir_all(&self.root)
             .map_err(|e| format!("create {}: {e}", self.root.display()))?;
-        let bundle =
-            &v1_cgroup_bundle(bundle).map_err(|e| format!("create container {id}: {e}"))?;
+        let bundle = &native_bundle(bundle).map_err(|e| format!("create container {id}: {e}"))?;
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .validate_id()
             .and_then(|b| b.with_root_path(&self.root))
@@ -120,27 +119,68 @@ impl Handler {
     }
 }
 
-/// The bundle to hand libcontainer. On a cgroup v1 host a `cgroup` mount in the spec is
-/// replaced by what runc builds for it, spelled as plain mounts: a tmpfs with the
-/// container's own directory of each controller hierarchy bind-mounted into it. The
-/// rewritten spec goes to `<bundle>/native/config.json` (root made absolute), which
-/// then is the container's bundle. libcontainer 0.7's own v1 code looks up the init's
+/// The bundle to hand libcontainer: `bundle` itself, or `<bundle>/native/` with the
+/// spec adapted where libcontainer 0.7 reads it differently from runc (then that is
+/// the container's bundle; its root is made absolute). See docs/decisions.md:
+/// - `noNewPrivileges: false` is dropped: libcontainer takes any value present for
+///   "set", loads seccomp after dropping CAP_SYS_ADMIN and the kernel refuses it;
+/// - `rootfsPropagation` `rshared`/`rslave`/`rprivate`/`runbindable` become the plain
+///   names (libcontainer knows only those, and always applies them recursively);
+/// - on a cgroup v1 host a `cgroup` mount becomes plain mounts ([`v1_cgroup_mounts`]).
+fn native_bundle(bundle: &Path) -> Result<PathBuf, String> {
+    let mut spec = Spec::load(bundle.join("config.json")).map_err(|e| format!("spec: {e}"))?;
+    let mut changed = false;
+    if let Some(mut process) = spec.process().clone()
+        && process.no_new_privileges() == Some(false)
+    {
+        process.set_no_new_privileges(None);
+        spec.set_process(Some(process));
+        changed = true;
+    }
+    if let Some(mut linux) = spec.linux().clone()
+        && let Some(p) = linux.rootfs_propagation().clone()
+        && let Some(plain @ ("shared" | "slave" | "private" | "unbindable")) = p.strip_prefix('r')
+    {
+        linux.set_rootfs_propagation(Some(plain.to_string()));
+        spec.set_linux(Some(linux));
+        changed = true;
+    }
+    changed |= v1_cgroup_mounts(&mut spec)?;
+    if !changed {
+        return Ok(bundle.to_path_buf());
+    }
+    if let Some(root) = spec.root().clone()
+        && root.path().is_relative()
+    {
+        let mut root = root;
+        root.set_path(bundle.join(root.path()));
+        spec.set_root(Some(root));
+    }
+    let dir = bundle.join("native");
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    spec.save(dir.join("config.json"))
+        .map_err(|e| format!("write {}: {e}", dir.join("config.json").display()))?;
+    Ok(dir)
+}
+
+/// On a cgroup v1 host, replace a `cgroup` mount with what runc builds for it, spelled
+/// as plain mounts: a tmpfs with the container's own directory of each controller
+/// hierarchy bind-mounted into it. libcontainer 0.7's own v1 code looks up the init's
 /// pid as seen inside its PID namespace in the host's /proc, and so fails (or reads
-/// another process) when the container joins the pod's PID namespace
-/// (docs/decisions.md).
-fn v1_cgroup_bundle(bundle: &Path) -> Result<PathBuf, String> {
+/// another process) when the container joins the pod's PID namespace. Whether the
+/// spec changed.
+fn v1_cgroup_mounts(spec: &mut Spec) -> Result<bool, String> {
     use libcgroups::common::CgroupSetup;
     match libcgroups::common::get_cgroup_setup() {
-        Ok(CgroupSetup::Unified) | Err(_) => return Ok(bundle.to_path_buf()),
+        Ok(CgroupSetup::Unified) | Err(_) => return Ok(false),
         Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => {}
     }
-    let mut spec = Spec::load(bundle.join("config.json")).map_err(|e| format!("spec: {e}"))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     let Some(at) = mounts
         .iter()
         .position(|m| m.typ().as_deref() == Some("cgroup"))
     else {
-        return Ok(bundle.to_path_buf());
+        return Ok(false);
     };
     let cgroup = &mounts[at];
     let ro = cgroup.options().iter().flatten().any(|o| o == "ro");
@@ -191,16 +231,5 @@ fn v1_cgroup_bundle(bundle: &Path) -> Result<PathBuf, String> {
     new_mounts.extend(replacement);
     new_mounts.extend_from_slice(&mounts[at + 1..]);
     spec.set_mounts(Some(new_mounts));
-    if let Some(root) = spec.root().clone()
-        && root.path().is_relative()
-    {
-        let mut root = root;
-        root.set_path(bundle.join(root.path()));
-        spec.set_root(Some(root));
-    }
-    let dir = bundle.join("native");
-    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    spec.save(dir.join("config.json"))
-        .map_err(|e| format!("write {}: {e}", dir.join("config.json").display()))?;
-    Ok(dir)
+    Ok(true)
 }

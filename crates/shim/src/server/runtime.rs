@@ -147,12 +147,12 @@ impl Shim {
             Some(pid) => Ok(pid),
             None => {
                 let fds = [io.stdin, io.stdout, io.stderr];
-                for (target, fd) in fds.iter().enumerate() {
+                for (target, fd) in (0..3).zip(fds.iter()) {
                     let src = fd.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd());
                     // SAFETY: both are open descriptors; the sources are never 0-2
                     // (the shim's own stdio holds those numbers).
                     unsafe {
-                        libc::dup2(src, target as i32);
+                        libc::dup2(src, target);
                     }
                 }
                 sys::close_from(3);
