@@ -299,7 +299,7 @@ pub struct Config {
     pub default_handler: String,
     /// How long a shim may go without answering before it is taken for dead.
     pub shim_liveness_timeout: std::time::Duration,
-    /// Every handler, by name (always includes `runc` and `crun`).
+    /// Every handler, by name (always includes `runc`, `crun` and `native`).
     pub handlers: BTreeMap<String, Handler>,
     /// The streaming server address.
     pub streaming_address: SocketAddr,
@@ -523,13 +523,13 @@ impl Config {
                 },
             );
         }
-        let default_handler = file.runtime.default_handler.clone().unwrap_or_else(|| {
-            match cgroup_mode {
-                CgroupMode::Unified => "crun",
-                CgroupMode::Hybrid | CgroupMode::Legacy => "runc",
-            }
-            .into()
-        });
+        // The native handler: critest passes as many specs with it as with runc, and
+        // it executes no runtime binary (docs/decisions.md).
+        let default_handler = file
+            .runtime
+            .default_handler
+            .clone()
+            .unwrap_or_else(|| "native".into());
         if !handlers.contains_key(&default_handler) {
             return Err(invalid(
                 "runtime.default_handler",
@@ -741,9 +741,9 @@ cni_conf_dir = "{DEFAULT_CNI_CONF_DIR}"
 cni_bin_dir = "{DEFAULT_CNI_BIN_DIR}"
 
 [runtime]
-# The handler of RuntimeClass "" (and of pods that name none): runc on cgroup v1 or
-# hybrid hosts, crun on pure cgroup v2.
-# default_handler = "runc"
+# The handler of RuntimeClass "" (and of pods that name none): skiff's native handler
+# (no OCI runtime binary; runc and crun stay available per RuntimeClass).
+# default_handler = "native"
 # Seconds a pod's shim may go without answering (stopped, hung) before skiffd kills it
 # and reports its containers exited.
 shim_liveness_timeout = {liveness}
@@ -889,7 +889,7 @@ mod tests {
         assert_eq!(c.pod_cidr.to_string(), "10.88.0.0/16");
         assert!(!c.pod_cidr_from_file);
         assert_eq!(c.bridge, "skiff0");
-        assert_eq!(c.default_handler, "runc");
+        assert_eq!(c.default_handler, "native");
         assert_eq!(c.network_mode, NetworkMode::Bridge);
         assert!(c.images_durable);
         assert!(
@@ -904,19 +904,20 @@ mod tests {
         );
         assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.streaming_address.to_string(), "127.0.0.1:0");
-        assert_eq!(c.handler("").unwrap().name, "runc");
+        assert_eq!(c.handler("").unwrap().name, "native");
+        assert!(c.handler("").unwrap().native);
+        assert!(!c.handler("runc").unwrap().native);
+        assert!(resolve("[runtime.handlers.fast]\nnative = true\n").unwrap().handlers["fast"].native);
+        assert!(resolve("[runtime.handlers.native]\nbinary = \"/bin/runc\"\n").is_err());
     }
 
     #[test]
-    fn unified_hosts_default_to_crun() {
-        let c = Config::resolve(
-            FileConfig::default(),
-            None,
-            &Overrides::default(),
-            CgroupMode::Unified,
-        )
-        .unwrap();
-        assert_eq!(c.default_handler, "crun");
+    fn every_host_defaults_to_the_native_handler() {
+        for mode in [CgroupMode::Unified, CgroupMode::Hybrid, CgroupMode::Legacy] {
+            let c = Config::resolve(FileConfig::default(), None, &Overrides::default(), mode)
+                .unwrap();
+            assert_eq!(c.default_handler, "native", "{mode:?}");
+        }
     }
 
     #[test]

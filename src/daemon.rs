@@ -258,15 +258,12 @@ pub fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             })?;
         // Each handler's `features` is asked once; the spec generator and Status share it.
         let features = crate::info::probe_all(&config);
-        let rro = features
-            .get(&config.default_handler)
-            .is_some_and(|f| f.recursive_read_only);
         let runtime = crate::pods::Runtime::new(
             config.clone(),
             meta.clone(),
             images.clone(),
             shim.clone(),
-            rro,
+            features.clone(),
         );
         let network_problem = runtime.init_network().await;
         if let Some(p) = &network_problem {

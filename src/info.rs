@@ -114,9 +114,9 @@ pub fn probe_all(config: &Config) -> HandlerFeatureMap {
         .iter()
         .map(|(name, h)| {
             let features = if h.native {
-                // libcontainer mounts `rro` with mount_setattr where the kernel has it.
+                // libcontainer mounts `rro` with mount_setattr (Linux 5.12).
                 HandlerFeatures {
-                    recursive_read_only: true,
+                    recursive_read_only: kernel_at_least(5, 12),
                 }
             } else {
                 probe_features(&h.binary)
@@ -124,6 +124,19 @@ pub fn probe_all(config: &Config) -> HandlerFeatureMap {
             (name.clone(), features)
         })
         .collect()
+}
+
+/// Whether the running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// Ask `binary features` (a missing binary or an old runtime supports nothing extra).

@@ -606,6 +606,15 @@ impl Runtime {
                 p.pause_pid.unwrap_or(0)
             ))),
         };
+        // What the pod's handler supports decides what the spec may ask of it.
+        let host = crate::spec::HostInfo {
+            rro_supported: self
+                .handler(&p.handler)
+                .ok()
+                .and_then(|h| self.features.get(&h.name))
+                .is_some_and(|f| f.recursive_read_only),
+            ..self.host.clone()
+        };
         let inputs = spec::SpecInputs {
             container_id: &rec.id,
             pod_id: &p.id,
@@ -627,7 +636,7 @@ impl Runtime {
                 pid: pid_ns,
             },
             cgroups_path: rec.cgroups_path.clone(),
-            host: &self.host,
+            host: &host,
         };
         let mut oci = spec::build(&inputs)?;
         steps.mark("spec");

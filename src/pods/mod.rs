@@ -218,6 +218,8 @@ pub struct Runtime {
     images: Arc<Images>,
     cgroups: Cgroups,
     host: HostInfo,
+    /// What each handler supports (`rro` differs between them).
+    features: crate::info::HandlerFeatureMap,
     shim_binary: Arc<shim::ShimExe>,
     pause_binary: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -241,15 +243,13 @@ impl Runtime {
         meta: Arc<MetaStore>,
         images: Arc<Images>,
         shim: PathBuf,
-        rro_supported: bool,
+        features: crate::info::HandlerFeatureMap,
     ) -> Arc<Runtime> {
         let pause_binary = shim.with_file_name("skiff-pause");
         Arc::new(Runtime {
             cgroups: Cgroups::new(config.cgroup_mode),
-            host: HostInfo {
-                rro_supported,
-                ..HostInfo::detect()
-            },
+            host: HostInfo::detect(),
+            features,
             config,
             meta,
             images,
