@@ -907,15 +907,20 @@ mod tests {
         assert_eq!(c.handler("").unwrap().name, "native");
         assert!(c.handler("").unwrap().native);
         assert!(!c.handler("runc").unwrap().native);
-        assert!(resolve("[runtime.handlers.fast]\nnative = true\n").unwrap().handlers["fast"].native);
+        assert!(
+            resolve("[runtime.handlers.fast]\nnative = true\n")
+                .unwrap()
+                .handlers["fast"]
+                .native
+        );
         assert!(resolve("[runtime.handlers.native]\nbinary = \"/bin/runc\"\n").is_err());
     }
 
     #[test]
     fn every_host_defaults_to_the_native_handler() {
         for mode in [CgroupMode::Unified, CgroupMode::Hybrid, CgroupMode::Legacy] {
-            let c = Config::resolve(FileConfig::default(), None, &Overrides::default(), mode)
-                .unwrap();
+            let c =
+                Config::resolve(FileConfig::default(), None, &Overrides::default(), mode).unwrap();
             assert_eq!(c.default_handler, "native", "{mode:?}");
         }
     }

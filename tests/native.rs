@@ -78,7 +78,8 @@ fn restricted_ctr(name: &str, working_dir: &str) -> api::ContainerConfig {
 
 /// What a process reports about itself (run by `sh -c`).
 const REPORT: &str = "grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status; \
-     sed 's/^/limit /' /proc/self/limits; echo fds $(ls /proc/self/fd); echo cwd $(pwd)";
+     sed 's/^/limit /' /proc/self/limits; sed 's/^/cgroup /' /proc/self/cgroup; \
+     echo fds $(ls /proc/self/fd); echo cwd $(pwd)";
 
 /// The report's lines as key → value.
 fn parse_report(text: &str) -> BTreeMap<String, String> {
@@ -88,6 +89,11 @@ fn parse_report(text: &str) -> BTreeMap<String, String> {
             if let Some(rest) = l.strip_prefix("limit ") {
                 let name: String = rest.chars().take(26).collect();
                 return Some((format!("limit {}", name.trim()), rest.to_string()));
+            }
+            // `<hierarchy id>:<controllers>:<path>`, keyed by the hierarchy.
+            if let Some(rest) = l.strip_prefix("cgroup ") {
+                let (id, path) = rest.split_once(':')?;
+                return Some((format!("cgroup {id}"), path.to_string()));
             }
             let (k, v) = l.split_once([':', ' '])?;
             Some((
@@ -223,6 +229,15 @@ async fn exec_gets_what_the_init_got_and_what_runc_gives() {
             exec, init,
             "{handler}: the exec'd process differs from the init"
         );
+        // Each container's own cgroup, in every hierarchy (as runc places it: the
+        // named and, on a hybrid host, the unified one too), named alike for both.
+        let exec: BTreeMap<String, String> = exec
+            .into_iter()
+            .map(|(k, v)| (k, v.replace(&ctr, "CTR").replace(&pod, "POD")))
+            .collect();
+        for (k, v) in exec.iter().filter(|(k, _)| k.starts_with("cgroup ")) {
+            assert!(v.ends_with("/POD/CTR"), "{handler}: {k} is {v}");
+        }
         reports.insert(handler, exec);
         common::end_pod(&mut c, &pod).await;
     }

@@ -4,7 +4,8 @@
 //!
 //! Runs in the operation's fork (`C`), single-threaded:
 //! 1. everything on the host side first: the container's record and bundle spec, a
-//!    pidfd of its init, the cgroups joined, the pid file and console socket opened,
+//!    pidfd of its init, the init's cgroups joined (all of them, as listed in
+//!    `/proc/<init>/cgroup`), the pid file and console socket opened,
 //!    AppArmor/SELinux exec labels set (they carry over fork and apply at exec);
 //! 2. one `setns` on the pidfd for every namespace the init does not share with us;
 //! 3. a fork (`G`, the first process in the container's PID namespace) that sets up
@@ -22,8 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use libcgroups::common::{CgroupConfig, CgroupManager};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 
 use super::Handler;
@@ -94,18 +94,8 @@ impl Handler {
         )
         .map_err(|e| format!("container {id}: its init {init} is gone: {e}"))?;
         let flags = namespace_flags(init.as_raw())?;
-        let cgroup_path = container
-            .spec()
-            .map_err(|e| format!("container {id}: {e}"))?
-            .cgroup_path;
-        libcgroups::common::create_cgroup_manager(CgroupConfig {
-            cgroup_path,
-            systemd_cgroup: false,
-            container_name: id.to_string(),
-        })
-        .map_err(|e| format!("container {id}: cgroups: {e}"))?
-        .add_task(Pid::this())
-        .map_err(|e| format!("container {id}: join its cgroups: {e}"))?;
+        super::cgroups::join_cgroups_of(init.as_raw())
+            .map_err(|e| format!("container {id}: {e}"))?;
         let mut pid_file = File::create(req.pid_file)
             .map_err(|e| format!("create {}: {e}", req.pid_file.display()))?;
         let console = req

@@ -8,6 +8,7 @@
 //! exits. The container's init is re-parented to the shim (a subreaper), as runc's is.
 //! The state of each container lives in `<root>/<id>/` (libcontainer's layout).
 
+mod cgroups;
 mod exec;
 
 use std::fs;
@@ -66,7 +67,17 @@ impl Handler {
             .with_systemd(false)
             .with_detach(true)
             .build()
-            .map(|_| ())
+            .map_err(|e| format!("create container {id}: {e}"))?;
+        // Where runc would also put it: the named and the unified hierarchies.
+        let container = self.load(id)?;
+        let pid = container
+            .pid()
+            .ok_or_else(|| format!("create container {id}: no init pid"))?;
+        let cgroup_path = container
+            .spec()
+            .map_err(|e| format!("container {id}: {e}"))?
+            .cgroup_path;
+        cgroups::join_other_hierarchies(pid.as_raw(), &cgroup_path)
             .map_err(|e| format!("create container {id}: {e}"))
     }
 
