@@ -229,8 +229,10 @@ async fn pod_and_container_lifecycle_with_logs_exec_and_cleanup() {
     assert!(s.started_at >= s.created_at);
     assert_eq!(PathBuf::from(&s.log_path), logs.join("main.log"));
 
-    // CRI log format, both streams, the pod's hostname, env from image and CRI.
-    let text = wait_for_log(&logs.join("main.log"), "env=yes1");
+    // CRI log format, both streams, the pod's hostname, env from image and CRI. The two
+    // streams are separate pipes: stderr's line may reach the log after stdout's last.
+    wait_for_log(&logs.join("main.log"), "env=yes1");
+    let text = wait_for_log(&logs.join("main.log"), " stderr F oops");
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines.iter().any(|l| l.ends_with(" stdout F hello")),
