@@ -498,6 +498,17 @@ async fn a_plugin_that_hangs_or_dies_is_dropped_and_pods_go_on() {
     let quit = Recorder::new(EventMask::all());
     quit.on(Event::StartContainer, Action::Block);
     let quitter = plugin(&env, id("20", "quitter"), quit.clone()).await;
+    // Synchronized is not yet registered: skiffd adds the plugin once it has the reply.
+    // A pod the plugin sees proves it receives events (the container start must reach it).
+    let probe_cfg = pod_config("nri-probe", logs.path());
+    let probe = run_pod(&mut c, &probe_cfg).await.unwrap();
+    quit.wait_for(Duration::from_secs(10), |s| {
+        s.iter()
+            .any(|e| e.event == Event::RunPodSandbox && e.pod == probe)
+    })
+    .await
+    .unwrap();
+    common::end_pod(&mut c, &probe).await;
     let mut c2 = env.skiffd.client().await;
     let id2 = ctr.clone();
     let starting = tokio::spawn(async move { start(&mut c2, &id2).await });
