@@ -59,8 +59,9 @@ impl Info {
                 .features
                 .get(key)
                 .is_some_and(|f| f.recursive_read_only),
-            // Debian's runc 1.1.5 has no idmapped mounts, so no user namespaces.
-            user_namespaces: false,
+            // Only the native handler is built and tested for user-namespaced pods
+            // (skiff makes the idmapped mounts; runc 1.1.5 could not take the rest).
+            user_namespaces: self.features.get(key).is_some_and(|f| f.user_namespaces),
         }
     }
 
@@ -102,6 +103,9 @@ impl Info {
 pub struct HandlerFeatures {
     /// The `rro` mount option (recursive read-only, needs mount_setattr).
     pub recursive_read_only: bool,
+    /// User-namespaced pods (`NamespaceMode::POD` user namespaces): the native handler
+    /// where the kernel idmaps mounts on the filesystem of skiff's root.
+    pub user_namespaces: bool,
 }
 
 /// What each configured handler supports, by handler name.
@@ -109,6 +113,13 @@ pub type HandlerFeatureMap = std::collections::BTreeMap<String, HandlerFeatures>
 
 /// Probe every configured handler once (at start-up).
 pub fn probe_all(config: &Config) -> HandlerFeatureMap {
+    let idmap = match crate::sys::idmap_supported(&config.root) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(root = %config.root.display(), error = %e, "no idmapped mounts here: no user-namespaced pods");
+            false
+        }
+    };
     config
         .handlers
         .iter()
@@ -117,6 +128,8 @@ pub fn probe_all(config: &Config) -> HandlerFeatureMap {
                 // libcontainer mounts `rro` with mount_setattr (Linux 5.12).
                 HandlerFeatures {
                     recursive_read_only: kernel_at_least(5, 12),
+                    // Overlayfs takes idmapped layers since 5.19.
+                    user_namespaces: idmap && kernel_at_least(5, 19),
                 }
             } else {
                 probe_features(&h.binary)
@@ -158,6 +171,7 @@ pub fn probe_features(binary: &Path) -> HandlerFeatures {
         .is_some_and(|opts| opts.iter().any(|o| o == "rro"));
     HandlerFeatures {
         recursive_read_only: out.status.success() && rro,
+        user_namespaces: false,
     }
 }
 
@@ -241,8 +255,7 @@ impl InfoPort for Info {
             features: Some(api::RuntimeFeatures {
                 // The spec generator honours SupplementalGroupsPolicy Strict.
                 supplemental_groups_policy: true,
-                // No handler here runs user-namespaced pods at all yet (runc 1.1.5 has no
-                // idmapped mounts), let alone with the host's network.
+                // User-namespaced pods get their own network namespace, never the host's.
                 user_namespaces_host_network: false,
             }),
         })

@@ -67,6 +67,42 @@ pub struct PodNsSpec {
     /// Sysctls to write inside the new namespaces (`net.*` need `net`, `kernel.shm*`,
     /// `kernel.msg*`, `kernel.sem`, `fs.mqueue.*` need `ipc`).
     pub sysctls: Vec<(String, String)>,
+    /// A new user namespace with these mappings, created first so that it owns the
+    /// pod's other namespaces.
+    pub userns: Option<UsernsMaps>,
+}
+
+/// One contiguous range of a user namespace's id mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdMap {
+    /// The first id inside the namespace.
+    pub container_id: u32,
+    /// The host id it maps to.
+    pub host_id: u32,
+    /// How many ids.
+    pub length: u32,
+}
+
+impl IdMap {
+    fn line(&self) -> String {
+        format!("{} {} {}\n", self.container_id, self.host_id, self.length)
+    }
+}
+
+/// A pod's user namespace: one uid and one gid range, container id 0 mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UsernsMaps {
+    /// The uid mapping.
+    pub uids: IdMap,
+    /// The gid mapping.
+    pub gids: IdMap,
+}
+
+impl UsernsMaps {
+    /// The host uid and gid of the namespace's root.
+    pub fn host_root(&self) -> (u32, u32) {
+        (self.uids.host_id, self.gids.host_id)
+    }
 }
 
 /// The pinned namespace files of a pod (`None` = the host's namespace).
@@ -78,13 +114,206 @@ pub struct PodNs {
     pub ipc: Option<PathBuf>,
     /// The UTS namespace file.
     pub uts: Option<PathBuf>,
+    /// The user namespace file (owner of the others), if the pod has its own.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 impl PodNs {
     /// Every pinned file.
     pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.net, &self.ipc, &self.uts].into_iter().flatten()
+        [&self.net, &self.ipc, &self.uts, &self.user]
+            .into_iter()
+            .flatten()
     }
+}
+
+/// A process parked in a new user namespace (and the namespaces `flags` name, which
+/// that user namespace owns) until dropped. A threaded process may not unshare a user
+/// namespace itself; a child made by `clone` may be born in one.
+struct NsHolder {
+    pid: i32,
+    pidfd: std::os::fd::OwnedFd,
+    /// Closing it lets the holder exit.
+    release: Option<std::os::fd::OwnedFd>,
+}
+
+impl NsHolder {
+    fn spawn(flags: libc::c_int, maps: &UsernsMaps) -> io::Result<NsHolder> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let pipe = || -> io::Result<(OwnedFd, OwnedFd)> {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: pipe2 fills two fds we then own.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: both were just returned by pipe2 and are owned by nobody else.
+            Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        };
+        let (read, write) = pipe()?;
+        let all = flags | libc::CLONE_NEWUSER | libc::SIGCHLD;
+        // SAFETY: a raw clone without CLONE_VM is a fork; the child of this threaded
+        // process only calls async-signal-safe close/read/_exit.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::c_long::from(all),
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        };
+        if pid == 0 {
+            let mut b = 0u8;
+            // SAFETY: async-signal-safe calls on fds this child inherited.
+            unsafe {
+                libc::close(write.as_raw_fd());
+                while libc::read(read.as_raw_fd(), std::ptr::addr_of_mut!(b).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::_exit(0);
+            }
+        }
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(read);
+        let pid = i32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid"))?;
+        let reap = |e: io::Error| {
+            // SAFETY: our own child; dropping `write` lets it exit, the wait reaps it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            e
+        };
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::other("pid 0"))?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|e| reap(e.into()))?;
+        for (file, map) in [("uid_map", maps.uids), ("gid_map", maps.gids)] {
+            fs::write(format!("/proc/{pid}/{file}"), map.line())
+                .map_err(|e| reap(io::Error::new(e.kind(), format!("write {file}: {e}"))))?;
+        }
+        Ok(NsHolder {
+            pid,
+            pidfd,
+            release: Some(write),
+        })
+    }
+}
+
+impl Drop for NsHolder {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        // SAFETY: our own child, which exits once `release` is closed.
+        unsafe {
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Whether this kernel and the filesystem of `path` take idmapped mounts for a user
+/// namespace like a pod's: the check of what a handler's `user_namespaces` promises.
+pub fn idmap_supported(path: &Path) -> io::Result<()> {
+    let map = IdMap {
+        container_id: 0,
+        host_id: 65536,
+        length: 65536,
+    };
+    let holder = NsHolder::spawn(
+        0,
+        &UsernsMaps {
+            uids: map,
+            gids: map,
+        },
+    )?;
+    let userns = fs::File::open(format!("/proc/{}/ns/user", holder.pid))?;
+    idmapped_tree(path, &userns).map(drop)
+}
+
+/// Where an idmapped mount takes its mapping from.
+#[derive(Debug, Clone)]
+pub enum IdmapBy {
+    /// A pinned user namespace (a pod's).
+    Userns(PathBuf),
+    /// Mappings of its own (a user namespace is made for the moment of the mount).
+    Maps(UsernsMaps),
+}
+
+/// Attach at `target` (made an empty file or directory, like `source`) an idmapped copy
+/// of the mount at `source`, without its submounts.
+pub fn bind_idmapped(source: &Path, target: &Path, by: &IdmapBy) -> Result<(), SysError> {
+    let holder;
+    let ns = match by {
+        IdmapBy::Userns(p) => fs::File::open(p).map_err(io_err("open", p))?,
+        IdmapBy::Maps(m) => {
+            holder = NsHolder::spawn(0, m).map_err(io_err("make a user namespace for", target))?;
+            let p = PathBuf::from(format!("/proc/{}/ns/user", holder.pid));
+            fs::File::open(&p).map_err(io_err("open", &p))?
+        }
+    };
+    let tree = idmapped_tree(source, &ns).map_err(io_err("idmap", source))?;
+    if source.is_dir() {
+        fs::create_dir_all(target).map_err(io_err("create", target))?;
+    } else {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        fs::File::create(target).map_err(io_err("create", target))?;
+    }
+    move_mount(
+        tree.as_fd(),
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| io_err("attach an idmapped mount at", target)(e.into()))
+}
+
+/// A detached copy of the mount tree at `path`, idmapped through `userns`: files owned
+/// by id N on disk show as the host id that N maps to in the namespace.
+fn idmapped_tree(path: &Path, userns: &fs::File) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+            | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(0),
+    };
+    // SAFETY: mount_setattr reads `attr` (of the size given) and changes only the
+    // detached tree `tree` we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
 }
 
 /// Create the pod's namespaces on a fresh thread, configure them, and pin them as
@@ -107,6 +336,9 @@ pub fn create_pod_namespaces(dir: &Path, spec: &PodNsSpec) -> Result<PodNs, SysE
 }
 
 fn pin_on_this_thread(dir: &Path, spec: &PodNsSpec) -> Result<PodNs, SysError> {
+    if let Some(maps) = &spec.userns {
+        return pin_with_userns(dir, spec, maps);
+    }
     let mut flags = UnshareFlags::empty();
     if spec.net {
         flags |= UnshareFlags::NEWNET;
@@ -121,7 +353,50 @@ fn pin_on_this_thread(dir: &Path, spec: &PodNsSpec) -> Result<PodNs, SysError> {
     // exists only for this and ends right after, taking its namespaces with it.
     unsafe { rustix::thread::unshare_unsafe(flags) }
         .map_err(|e| io_err("unshare", dir)(e.into()))?;
-    let mut pinned = PodNs::default();
+    configure_and_pin(dir, spec, PodNs::default())
+}
+
+/// The pod's user namespace comes from a holder process born in it together with the
+/// net, IPC and UTS namespaces it owns; this thread joins those three to configure
+/// them as for any pod, and the user namespace is pinned from the holder.
+fn pin_with_userns(dir: &Path, spec: &PodNsSpec, maps: &UsernsMaps) -> Result<PodNs, SysError> {
+    use std::os::fd::AsRawFd;
+    let mut flags = 0;
+    for (wanted, flag) in [
+        (spec.net, libc::CLONE_NEWNET),
+        (spec.ipc, libc::CLONE_NEWIPC),
+        (spec.uts, libc::CLONE_NEWUTS),
+    ] {
+        if wanted {
+            flags |= flag;
+        }
+    }
+    let holder =
+        NsHolder::spawn(flags, maps).map_err(io_err("create the user namespace for", dir))?;
+    // SAFETY: setns on a pidfd we own; only this thread's net/ipc/uts change, and the
+    // thread ends after pinning.
+    if flags != 0 && unsafe { libc::setns(holder.pidfd.as_raw_fd(), flags) } != 0 {
+        return Err(io_err("join the new namespaces for", dir)(
+            io::Error::last_os_error(),
+        ));
+    }
+    let file = dir.join("user");
+    fs::File::create(&file).map_err(io_err("create", &file))?;
+    let src = format!("/proc/{}/ns/user", holder.pid);
+    if let Err(e) = rustix::mount::mount_bind(src.as_str(), &file) {
+        let _ = fs::remove_file(&file);
+        return Err(io_err("pin namespace at", &file)(e.into()));
+    }
+    let pinned = PodNs {
+        user: Some(file),
+        ..PodNs::default()
+    };
+    configure_and_pin(dir, spec, pinned)
+}
+
+/// Configure the calling thread's namespaces (hostname, loopback, sysctls) and pin
+/// each one `spec` asks for beside those already in `pinned`.
+fn configure_and_pin(dir: &Path, spec: &PodNsSpec, mut pinned: PodNs) -> Result<PodNs, SysError> {
     let result = (|| {
         if spec.uts && !spec.hostname.is_empty() {
             rustix::system::sethostname(spec.hostname.as_bytes())
@@ -201,12 +476,34 @@ fn loopback_up() -> io::Result<()> {
 /// — without it the overlay is read-only and needs at least two lower directories —
 /// passing lower directories one by one (`lowerdir+`, Linux ≥ 6.8) so long chains do
 /// not overflow the mount option page; older kernels get the joined `lowerdir`.
+/// With `idmap` (a user namespace file) every lower directory is an idmapped copy, so
+/// the image's root-owned files belong to the namespace's root (overlayfs takes
+/// idmapped layers since Linux 5.19); the copies are detached mounts held by fd and
+/// named by `/proc/self/fd/N`, so nothing is ever attached to a path of ours.
 pub fn mount_overlay(
     target: &Path,
     lower: &[PathBuf],
     rw: Option<(&Path, &Path)>,
+    idmap: Option<&Path>,
 ) -> Result<(), SysError> {
     let err = |op| io_err(op, target);
+    let mut trees = Vec::new();
+    let idmapped: Vec<PathBuf>;
+    let lower = match idmap {
+        None => lower,
+        Some(userns) => {
+            use std::os::fd::AsRawFd;
+            let ns = fs::File::open(userns).map_err(io_err("open", userns))?;
+            for l in lower {
+                trees.push(idmapped_tree(l, &ns).map_err(io_err("idmap", l))?);
+            }
+            idmapped = trees
+                .iter()
+                .map(|t| PathBuf::from(format!("/proc/self/fd/{}", t.as_raw_fd())))
+                .collect();
+            &idmapped[..]
+        }
+    };
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| err("fsopen overlay")(e.into()))?;
     let mut plus = true;
@@ -290,8 +587,12 @@ pub fn unmount(target: &Path) -> Result<(), SysError> {
 }
 
 /// Mount a tmpfs for a pod's `/dev/shm` at `target`.
-pub fn mount_shm(target: &Path) -> Result<(), SysError> {
+pub fn mount_shm(target: &Path, owner: Option<(u32, u32)>) -> Result<(), SysError> {
     fs::create_dir_all(target).map_err(io_err("create", target))?;
+    let mut opts = "mode=1777,size=65536k".to_string();
+    if let Some((uid, gid)) = owner {
+        opts.push_str(&format!(",uid={uid},gid={gid}"));
+    }
     rustix::mount::mount(
         "shm",
         target,
@@ -299,7 +600,9 @@ pub fn mount_shm(target: &Path) -> Result<(), SysError> {
         rustix::mount::MountFlags::NOSUID
             | rustix::mount::MountFlags::NODEV
             | rustix::mount::MountFlags::NOEXEC,
-        c"mode=1777,size=65536k",
+        std::ffi::CString::new(opts)
+            .map_err(|_| io_err("mount shm at", target)(io::ErrorKind::InvalidInput.into()))?
+            .as_c_str(),
     )
     .map_err(|e| io_err("mount shm at", target)(e.into()))
 }
@@ -414,6 +717,7 @@ mod tests {
             uts: true,
             hostname: "pod-host".into(),
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "80".into())],
+            userns: None,
         };
         let ns = create_pod_namespaces(dir.path(), &spec).unwrap();
         assert_eq!(ns.files().count(), 3);
@@ -451,9 +755,158 @@ mod tests {
             uts: false,
             hostname: String::new(),
             sysctls: vec![("net.no.such.knob".into(), "1".into())],
+            userns: None,
         };
         let err = create_pod_namespaces(dir.path(), &spec).unwrap_err();
         assert!(err.to_string().contains("net.no.such.knob"), "{err}");
         assert!(!dir.path().join("net").exists());
+        // Likewise with a user namespace: the user file goes too.
+        let map = IdMap {
+            container_id: 0,
+            host_id: 300_000,
+            length: 65536,
+        };
+        let spec = PodNsSpec {
+            userns: Some(UsernsMaps {
+                uids: map,
+                gids: map,
+            }),
+            ..spec
+        };
+        let err = create_pod_namespaces(dir.path(), &spec).unwrap_err();
+        assert!(err.to_string().contains("net.no.such.knob"), "{err}");
+        assert!(!dir.path().join("net").exists());
+        assert!(!dir.path().join("user").exists());
+    }
+
+    /// The inode of the namespace file at `path`, or of the user namespace owning it.
+    fn ns_inode(path: &Path, owner: bool) -> u64 {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        let f = fs::File::open(path).unwrap();
+        if !owner {
+            return f.metadata().unwrap().ino();
+        }
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        // SAFETY: NS_GET_USERNS returns a new fd (or -1) for an open nsfs file.
+        let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS) };
+        assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: the kernel just gave us this fd.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        fs::File::from(owned).metadata().unwrap().ino()
+    }
+
+    #[test]
+    fn a_user_namespace_owns_the_pods_other_namespaces() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (uids, gids) = (
+            IdMap {
+                container_id: 0,
+                host_id: 200_000,
+                length: 65536,
+            },
+            IdMap {
+                container_id: 0,
+                host_id: 300_000,
+                length: 1000,
+            },
+        );
+        let spec = PodNsSpec {
+            net: true,
+            ipc: true,
+            uts: true,
+            hostname: "userns-pod".into(),
+            sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "81".into())],
+            userns: Some(UsernsMaps { uids, gids }),
+        };
+        let ns = create_pod_namespaces(dir.path(), &spec).unwrap();
+        assert_eq!(ns.files().count(), 4);
+        let user = ns.user.clone().unwrap();
+        for owned in [&ns.net, &ns.ipc, &ns.uts] {
+            assert_eq!(
+                ns_inode(owned.as_ref().unwrap(), true),
+                ns_inode(&user, false)
+            );
+        }
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--user={}", user.display()))
+            .arg(format!("--uts={}", ns.uts.as_ref().unwrap().display()))
+            .arg(format!("--net={}", ns.net.as_ref().unwrap().display()))
+            .args([
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map /proc/self/gid_map; hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        release_namespaces(&ns);
+        assert_eq!(
+            words,
+            [
+                "0",
+                "200000",
+                "65536",
+                "0",
+                "300000",
+                "1000",
+                "userns-pod",
+                "81"
+            ],
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn idmapped_layers_show_image_files_as_the_namespace_root() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let map = IdMap {
+            container_id: 0,
+            host_id: 400_000,
+            length: 65536,
+        };
+        let holder = NsHolder::spawn(
+            0,
+            &UsernsMaps {
+                uids: map,
+                gids: map,
+            },
+        )
+        .unwrap();
+        let userns = PathBuf::from(format!("/proc/{}/ns/user", holder.pid));
+        for sub in ["l1/etc", "l2", "upper", "work", "merged"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        fs::write(d.join("l1/etc/file"), "x").unwrap();
+        std::os::unix::fs::chown(d.join("l1/etc/file"), Some(7), Some(8)).unwrap();
+        let merged = d.join("merged");
+        mount_overlay(
+            &merged,
+            &[d.join("l2"), d.join("l1")],
+            Some((&d.join("upper"), &d.join("work"))),
+            Some(&userns),
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(merged.join("etc/file"));
+        let etc = fs::metadata(merged.join("etc"));
+        unmount(&merged).unwrap();
+        drop(holder);
+        let (meta, etc) = (meta.unwrap(), etc.unwrap());
+        assert_eq!((meta.uid(), meta.gid()), (400_007, 400_008));
+        assert_eq!((etc.uid(), etc.gid()), (400_000, 400_000));
+        // The layer itself is untouched.
+        let disk = fs::metadata(d.join("l1/etc/file")).unwrap();
+        assert_eq!((disk.uid(), disk.gid()), (7, 8));
     }
 }

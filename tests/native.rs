@@ -330,3 +330,271 @@ async fn the_shim_binary_cannot_be_written_through_proc_exe() {
     assert!(written.is_err(), "wrote into the shim's executable");
     common::end_pod(&mut c, &pod).await;
 }
+
+/// A pod config with its own user namespace mapping container ids 0..65536 to host
+/// ids `host`..`host+65536` (uids and gids alike).
+fn userns_pod(name: &str, logs: &Path, host: u32) -> api::PodSandboxConfig {
+    let mut cfg = pod_config(name, logs, vec![]);
+    let map = api::IdMapping {
+        host_id: host,
+        container_id: 0,
+        length: 65536,
+    };
+    cfg.linux = Some(api::LinuxPodSandboxConfig {
+        security_context: Some(api::LinuxSandboxSecurityContext {
+            namespace_options: Some(api::NamespaceOption {
+                userns_options: Some(api::UserNamespace {
+                    mode: api::NamespaceMode::Pod as i32,
+                    uids: vec![map],
+                    gids: vec![map],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg
+}
+
+async fn sh(c: &mut CriClient, ctr: &str, script: &str) -> String {
+    let r = exec(c, ctr, &["sh", "-c", script]).await.expect("ExecSync");
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+/// A user-namespaced pod: its processes are root only inside their namespace (host ids
+/// from the mapping), the image's files are theirs through idmapped layers, what they
+/// write lands on disk with the mapped host ids, the host's root-owned files stay out
+/// of reach, and its pause, /proc, /sys and /dev/shm work inside the namespace.
+#[tokio::test]
+async fn a_user_namespaced_pod_is_root_only_in_its_namespace() {
+    let Some((env, mut c)) = setup("native_userns_pod").await else {
+        return;
+    };
+    let status = c
+        .runtime
+        .status(api::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let userns: BTreeMap<String, bool> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| {
+            (
+                h.name.clone(),
+                h.features.as_ref().is_some_and(|f| f.user_namespaces),
+            )
+        })
+        .collect();
+    assert_eq!(userns.get("native"), Some(&true), "{userns:?}");
+    assert_eq!(userns.get("runc"), Some(&false), "{userns:?}");
+
+    let logs = env.skiffd.dir().join("logs");
+    let pod_cfg = userns_pod("userns", &logs, 200_000);
+    let pod = run_pod(&mut c, &pod_cfg, "native").await;
+    let mut ctr_cfg = restricted_ctr("userns-ctr", "/");
+    ctr_cfg.command = vec!["sleep".into(), "1000".into()];
+    ctr_cfg.linux = Some(api::LinuxContainerConfig::default());
+    // A host directory and a host file, root's on the host, as volumes.
+    let vol = env.skiffd.dir().join("userns-volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "h").unwrap();
+    let single = env.skiffd.dir().join("userns-file");
+    std::fs::write(&single, "f").unwrap();
+    ctr_cfg.mounts = vec![
+        api::Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        api::Mount {
+            container_path: "/etc/single".into(),
+            host_path: single.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let ctr = create_and_start(&mut c, &pod, &pod_cfg, ctr_cfg).await;
+
+    let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(
+        words(sh(&mut c, &ctr, "cat /proc/self/uid_map /proc/self/gid_map").await),
+        ["0", "200000", "65536", "0", "200000", "65536"]
+    );
+    assert_eq!(sh(&mut c, &ctr, "id -u; id -g").await, "0\n0");
+    // The image's files are root's inside, and root may write everywhere in its root.
+    assert_eq!(
+        sh(&mut c, &ctr, "stat -c %u:%g /bin/busybox /etc /").await,
+        "0:0\n0:0\n0:0"
+    );
+    assert_eq!(
+        sh(
+            &mut c,
+            &ctr,
+            "echo x > /made-here && echo y > /etc/made-here && stat -c %u:%g /made-here /etc/made-here"
+        )
+        .await,
+        "0:0\n0:0"
+    );
+    // The pause is PID 1 of the pod's PID namespace and runs as the namespace's root.
+    let pid1 = sh(&mut c, &ctr, "grep -E '^(Name|Uid):' /proc/1/status").await;
+    assert!(
+        pid1.contains("pause") && pid1.contains("Uid:\t0\t0\t0\t0"),
+        "{pid1}"
+    );
+    // /sys belongs to the pod's network namespace; /dev/shm to the namespace's root.
+    assert!(sh(&mut c, &ctr, "ls /sys/class/net").await.contains("eth0"));
+    assert_eq!(sh(&mut c, &ctr, "stat -c %u /dev/shm").await, "0");
+    // A file the host's root owns (the pod's hosts file) is nobody's and read-only.
+    assert_eq!(sh(&mut c, &ctr, "stat -c %u /etc/hosts").await, "65534");
+    let denied = exec(&mut c, &ctr, &["sh", "-c", "echo evil >> /etc/hosts"])
+        .await
+        .expect("ExecSync");
+    assert_ne!(
+        denied.exit_code, 0,
+        "the container's root wrote a host root file"
+    );
+
+    // Volumes are idmapped through the pod's namespace: the host's root files are the
+    // pod root's, and what it writes there is root's on the host.
+    assert_eq!(
+        sh(
+            &mut c,
+            &ctr,
+            "stat -c %u:%g /vol /vol/from-host /etc/single && echo w > /vol/from-pod && cat /etc/single"
+        )
+        .await,
+        "0:0\n0:0\n0:0\nf"
+    );
+    let from_pod = std::fs::metadata(vol.join("from-pod")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((from_pod.uid(), from_pod.gid()), (0, 0));
+
+    // On the host the new files carry the mapped ids; the image's layers are untouched.
+    let found = std::process::Command::new("find")
+        .arg(env.skiffd.dir())
+        .args([
+            "-path",
+            "*/upper/*",
+            "-name",
+            "made-here",
+            "-printf",
+            "%U:%G\\n",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        "200000:200000\n200000:200000"
+    );
+    common::end_pod(&mut c, &pod).await;
+    let ns_dir = env.skiffd.state.join("ns").join(&pod);
+    assert!(
+        !ns_dir.join("user").exists(),
+        "the user namespace stayed pinned"
+    );
+    // The volumes were unmounted, not emptied, when the container went.
+    assert_eq!(std::fs::read_to_string(vol.join("from-host")).unwrap(), "h");
+    assert_eq!(std::fs::read_to_string(&single).unwrap(), "f");
+}
+
+/// User-namespace requests the node cannot honour are refused before anything is made.
+#[tokio::test]
+async fn bad_user_namespace_requests_are_refused_cleanly() {
+    let Some((env, mut c)) = setup("native_userns_bad").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let map = |container_id, host_id| api::IdMapping {
+        host_id,
+        container_id,
+        length: 65536,
+    };
+    let cases: Vec<(&str, api::UserNamespace, &str)> = vec![
+        (
+            "two mappings",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Pod as i32,
+                uids: vec![map(0, 100_000), map(0, 300_000)],
+                gids: vec![map(0, 100_000)],
+            },
+            "native",
+        ),
+        (
+            "id 0 unmapped",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Pod as i32,
+                uids: vec![map(1, 100_000)],
+                gids: vec![map(1, 100_000)],
+            },
+            "native",
+        ),
+        (
+            "host root mapped",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Pod as i32,
+                uids: vec![map(0, 0)],
+                gids: vec![map(0, 0)],
+            },
+            "native",
+        ),
+        (
+            "mode container",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Container as i32,
+                ..Default::default()
+            },
+            "native",
+        ),
+        (
+            "mode target",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Target as i32,
+                ..Default::default()
+            },
+            "native",
+        ),
+        (
+            "a handler without user namespaces",
+            api::UserNamespace {
+                mode: api::NamespaceMode::Pod as i32,
+                uids: vec![map(0, 100_000)],
+                gids: vec![map(0, 100_000)],
+            },
+            "runc",
+        ),
+    ];
+    for (what, opts, handler) in cases {
+        let mut cfg = userns_pod("bad-userns", &logs, 100_000);
+        cfg.linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+            .unwrap()
+            .userns_options = Some(opts);
+        let err = c
+            .runtime
+            .run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains("user namespace"), "{what}: {err:?}");
+    }
+    let ns = env.skiffd.state.join("ns");
+    let left = std::fs::read_dir(&ns).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "namespaces left in {}", ns.display());
+    // The same name then runs (nothing of the refused attempts was reserved).
+    let cfg = userns_pod("bad-userns", &logs, 100_000);
+    let pod = run_pod(&mut c, &cfg, "native").await;
+    common::end_pod(&mut c, &pod).await;
+}

@@ -27,6 +27,95 @@ fn read_exit(bundle: &std::path::Path) -> Option<Exit> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The CRI mounts that are idmapped, each made at `volumes/<n>` of the bundle and passed
+/// on as that host path: a mount with its own uid and gid mappings (one range each),
+/// and in a user-namespaced pod every host-path mount, through the pod's namespace (as
+/// containerd and CRI-O do), so the host's files keep their owners inside the pod.
+async fn idmap_volumes(
+    rec: &ContainerRecord,
+    p: &super::records::PodRecord,
+    cfg: &api::ContainerConfig,
+) -> Result<api::ContainerConfig, RuntimeError> {
+    let mut cfg = cfg.clone();
+    let pod_userns = p.ns.user.clone().filter(|_| p.userns.is_some());
+    for (n, m) in cfg.mounts.iter_mut().enumerate() {
+        let image = m.image.as_ref().is_some_and(|i| !i.image.is_empty());
+        let own = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+        if image || m.host_path.is_empty() || !(own || pod_userns.is_some()) {
+            continue;
+        }
+        // A missing source is left to the spec, which reports it as for any mount.
+        let Ok(source) = fs::canonicalize(&m.host_path) else {
+            continue;
+        };
+        let by = if own {
+            let one = |what: &str, maps: &[api::IdMapping]| match maps {
+                [m] => Ok(crate::sys::IdMap {
+                    container_id: m.container_id,
+                    host_id: m.host_id,
+                    length: m.length,
+                }),
+                _ => Err(RuntimeError::Invalid(format!(
+                    "mount at {}: exactly one {what} mapping is supported for an idmapped mount, got {}",
+                    m.container_path,
+                    maps.len()
+                ))),
+            };
+            crate::sys::IdmapBy::Maps(crate::sys::UsernsMaps {
+                uids: one("uid", &m.uid_mappings)?,
+                gids: one("gid", &m.gid_mappings)?,
+            })
+        } else if let Some(u) = &pod_userns {
+            crate::sys::IdmapBy::Userns(u.clone())
+        } else {
+            continue;
+        };
+        let target = rec.bundle.join("volumes").join(n.to_string());
+        let at = target.clone();
+        crate::blocking::spawn(move || crate::sys::bind_idmapped(&source, &at, &by))
+            .await
+            .map_err(super::task_err("mount"))?
+            .map_err(|e| {
+                RuntimeError::Invalid(format!(
+                    "mount at {}: cannot idmap {}: {e}",
+                    m.container_path, m.host_path
+                ))
+            })?;
+        m.host_path = target.display().to_string();
+        m.uid_mappings.clear();
+        m.gid_mappings.clear();
+    }
+    Ok(cfg)
+}
+
+/// Whether anything is still mounted under `bundle` (its root filesystem or a volume):
+/// then it must not be removed recursively, which would reach into the mounted files —
+/// an idmapped host volume's among them.
+fn still_mounted(bundle: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = fs::symlink_metadata(bundle).map(|m| m.dev()) else {
+        return false;
+    };
+    let volumes = fs::read_dir(bundle.join("volumes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    std::iter::once(bundle.join("rootfs"))
+        .chain(volumes)
+        .any(|p| fs::symlink_metadata(&p).is_ok_and(|m| m.dev() != dev))
+}
+
+/// Remove a bundle directory unless something is still mounted in it.
+fn remove_bundle(bundle: &std::path::Path) -> std::io::Result<()> {
+    if still_mounted(bundle) {
+        return Err(std::io::Error::other(
+            "something is still mounted in it; left in place",
+        ));
+    }
+    fs::remove_dir_all(bundle)
+}
+
 /// Unmount the image volumes under a bundle (`volumes/<n>`).
 fn unmount_image_volumes(bundle: &std::path::Path) {
     if let Ok(entries) = fs::read_dir(bundle.join("volumes")) {
@@ -406,7 +495,9 @@ impl Runtime {
         let undone = crate::blocking::spawn(move || {
             let _ = crate::sys::unmount(&rootfs);
             unmount_image_volumes(&bundle);
-            let _ = fs::remove_dir_all(&bundle);
+            if let Err(e) = remove_bundle(&bundle) {
+                tracing::warn!(path = %bundle.display(), error = %e, "remove a container's bundle");
+            }
             let _ = fs::remove_dir_all(&layer_dir);
         })
         .await;
@@ -500,9 +591,11 @@ impl Runtime {
     async fn mount_image_volumes(
         &self,
         rec: &mut ContainerRecord,
+        p: &super::records::PodRecord,
         cfg: &api::ContainerConfig,
     ) -> Result<api::ContainerConfig, RuntimeError> {
         let mut cfg = cfg.clone();
+        let idmap = p.ns.user.clone().filter(|_| p.userns.is_some());
         for (n, m) in cfg.mounts.iter_mut().enumerate() {
             let Some(image_ref) = m
                 .image
@@ -534,8 +627,9 @@ impl Runtime {
             lower.push(empty);
             let at = target.clone();
             let sub = m.image_sub_path.clone();
+            let idmap = idmap.clone();
             let source = crate::blocking::spawn(move || {
-                crate::sys::mount_overlay(&at, &lower, None)?;
+                crate::sys::mount_overlay(&at, &lower, None, idmap.as_deref())?;
                 if sub.is_empty() {
                     return Ok(at);
                 }
@@ -582,6 +676,18 @@ impl Runtime {
         for d in [&rootfs, &upper, &work] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
+        // In a user-namespaced pod the image layers are idmapped (a root-owned file is the
+        // namespace root's), and the upper directory, not idmapped, belongs to the
+        // namespace's root on disk: what the container writes is stored with host ids.
+        let idmap = p.ns.user.clone().filter(|_| p.userns.is_some());
+        if let Some((uid, gid)) = p.userns.map(|u| u.host_root()) {
+            rustix::fs::chown(
+                &upper,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_err("chown", &upper)(e.into()))?;
+        }
         // Saved first so that a crash from here on is cleaned up at removal.
         self.save_container(rec)?;
         let mount = self
@@ -591,12 +697,13 @@ impl Runtime {
         {
             let (rootfs, lower) = (rootfs.clone(), mount.lower.clone());
             crate::blocking::spawn(move || {
-                crate::sys::mount_overlay(&rootfs, &lower, Some((&upper, &work)))
+                crate::sys::mount_overlay(&rootfs, &lower, Some((&upper, &work)), idmap.as_deref())
             })
             .await
             .map_err(super::task_err("mount"))??;
         }
-        let cfg = &self.mount_image_volumes(rec, cfg).await?;
+        let cfg = &self.mount_image_volumes(rec, p, cfg).await?;
+        let cfg = &idmap_volumes(rec, p, cfg).await?;
         steps.mark("rootfs");
         let pid_ns = match p.pid_mode {
             PidMode::Host => spec::PidNs::Host,
@@ -634,6 +741,7 @@ impl Runtime {
                 ipc: p.ns.ipc.as_deref(),
                 uts: p.ns.uts.as_deref(),
                 pid: pid_ns,
+                user: p.ns.user.as_deref().zip(p.userns),
             },
             cgroups_path: rec.cgroups_path.clone(),
             host: &host,
@@ -886,8 +994,14 @@ impl Runtime {
         // The writable layer may hold many files: removed off the async workers.
         let (bundle, layer_dir) = (c.bundle.clone(), c.layer_dir.clone());
         crate::blocking::spawn(move || {
-            for dir in [bundle, layer_dir] {
-                if let Err(e) = fs::remove_dir_all(&dir)
+            for (dir, remove) in [
+                (
+                    bundle,
+                    remove_bundle as fn(&std::path::Path) -> std::io::Result<()>,
+                ),
+                (layer_dir, |d: &std::path::Path| fs::remove_dir_all(d)),
+            ] {
+                if let Err(e) = remove(&dir)
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
                     tracing::warn!(path = %dir.display(), error = %e, "remove a container's files");

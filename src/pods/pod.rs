@@ -22,6 +22,68 @@ fn mode(m: i32) -> api::NamespaceMode {
     api::NamespaceMode::try_from(m).unwrap_or(api::NamespaceMode::Pod)
 }
 
+/// The pod's own user namespace, if it asks for one (`NamespaceMode::POD`), checked as
+/// containerd does: one uid and one gid range, each mapping the container's id 0;
+/// NODE (or nothing) is the host's; CONTAINER and TARGET mean nothing for a user
+/// namespace. A user-namespaced pod shares none of the host's namespaces (Kubernetes
+/// forbids `hostUsers: false` with hostNetwork, hostIPC or hostPID).
+fn userns_maps(
+    opts: Option<&api::UserNamespace>,
+    host_net: bool,
+    host_ipc: bool,
+    pid_mode: PidMode,
+) -> Result<Option<crate::sys::UsernsMaps>, RuntimeError> {
+    let Some(opts) = opts else {
+        return Ok(None);
+    };
+    let bad = |msg: String| Err(RuntimeError::Invalid(format!("user namespace: {msg}")));
+    match api::NamespaceMode::try_from(opts.mode) {
+        Ok(api::NamespaceMode::Node) => {
+            if !opts.uids.is_empty() || !opts.gids.is_empty() {
+                return bad("mode NODE takes no id mappings".into());
+            }
+            return Ok(None);
+        }
+        Ok(api::NamespaceMode::Pod) => {}
+        Ok(other) => return bad(format!("mode {} is not supported", other.as_str_name())),
+        Err(_) => return bad(format!("unknown mode {}", opts.mode)),
+    }
+    if host_net || host_ipc || pid_mode == PidMode::Host {
+        return bad(
+            "a user-namespaced pod cannot share the host's network, IPC or PID namespace".into(),
+        );
+    }
+    let one = |what: &str, maps: &[api::IdMapping]| -> Result<crate::sys::IdMap, RuntimeError> {
+        let [m] = maps else {
+            return Err(RuntimeError::Invalid(format!(
+                "user namespace: exactly one {what} mapping is supported, got {}",
+                maps.len()
+            )));
+        };
+        if m.container_id != 0 {
+            return Err(RuntimeError::Invalid(format!(
+                "user namespace: the {what} mapping must map container id 0 (it starts at {})",
+                m.container_id
+            )));
+        }
+        if m.length == 0 || m.host_id.checked_add(m.length).is_none() || m.host_id == 0 {
+            return Err(RuntimeError::Invalid(format!(
+                "user namespace: bad {what} mapping host {} length {} (the host's root is never mapped)",
+                m.host_id, m.length
+            )));
+        }
+        Ok(crate::sys::IdMap {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        })
+    };
+    Ok(Some(crate::sys::UsernsMaps {
+        uids: one("uid", &opts.uids)?,
+        gids: one("gid", &opts.gids)?,
+    }))
+}
+
 fn name_key(c: &api::PodSandboxConfig) -> String {
     let m = c.metadata.clone().unwrap_or_default();
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
@@ -208,15 +270,6 @@ impl Runtime {
         let linux = c.linux.clone().unwrap_or_default();
         let sc = linux.security_context.clone().unwrap_or_default();
         let ns_opts = sc.namespace_options.clone().unwrap_or_default();
-        if ns_opts
-            .userns_options
-            .as_ref()
-            .is_some_and(|u| u.mode == api::NamespaceMode::Pod as i32)
-        {
-            return Err(RuntimeError::Invalid(
-                "user namespaces are not supported by this node's OCI runtime (runc 1.1 has no idmapped mounts)".into(),
-            ));
-        }
         let host_net = mode(ns_opts.network) == api::NamespaceMode::Node;
         let host_ipc = mode(ns_opts.ipc) == api::NamespaceMode::Node;
         let pid_mode = match mode(ns_opts.pid) {
@@ -224,6 +277,23 @@ impl Runtime {
             api::NamespaceMode::Container | api::NamespaceMode::Target => PidMode::Container,
             api::NamespaceMode::Pod => PidMode::Pod,
         };
+        let userns = userns_maps(
+            ns_opts.userns_options.as_ref(),
+            host_net,
+            host_ipc,
+            pid_mode,
+        )?;
+        if userns.is_some()
+            && !self
+                .features
+                .get(&handler.name)
+                .is_some_and(|f| f.user_namespaces)
+        {
+            return Err(RuntimeError::Invalid(format!(
+                "user namespace: runtime handler {:?} cannot run user-namespaced pods on this node (the native handler can where the kernel idmaps mounts; see Status)",
+                handler.name
+            )));
+        }
         let sysctls = check_sysctls(&linux.sysctls, !host_net, !host_ipc)?;
         let id = super::new_id();
         let key = name_key(&c);
@@ -255,6 +325,7 @@ impl Runtime {
             name_key: key.clone(),
             ip: None,
             host_veth: None,
+            userns,
         };
         let mut made = self
             .make_pod(&mut rec, &c, host_net, host_ipc, sysctls, &handler)
@@ -324,6 +395,7 @@ impl Runtime {
             uts: !host_net,
             hostname,
             sysctls,
+            userns: rec.userns,
         };
         let ns_dir = self.config.state.join("ns").join(&rec.id);
         // Recorded before creation so a failure half way is still cleaned.
@@ -331,6 +403,7 @@ impl Runtime {
             net: spec.net.then(|| ns_dir.join("net")),
             ipc: spec.ipc.then(|| ns_dir.join("ipc")),
             uts: spec.uts.then(|| ns_dir.join("uts")),
+            user: spec.userns.is_some().then(|| ns_dir.join("user")),
         };
         self.save_pod(rec)?;
         steps.mark("files");
@@ -367,7 +440,7 @@ impl Runtime {
         }
         self.save_pod(rec)?;
         if let Some(shm) = &rec.shm {
-            sys::mount_shm(shm)?;
+            sys::mount_shm(shm, rec.userns.map(|u| u.host_root()))?;
         }
         let (pause, procs) = match &rec.pause_cgroup {
             Some(cg) => {
@@ -394,6 +467,7 @@ impl Runtime {
                 runtime_root: handler.root.clone(),
                 pause,
                 pause_procs: procs,
+                pause_userns: rec.ns.user.clone(),
             },
         })
         .await?;

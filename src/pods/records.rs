@@ -68,6 +68,9 @@ pub struct PodRecord {
     /// The host end of its veth pair.
     #[serde(default)]
     pub host_veth: Option<String>,
+    /// Its user namespace's mappings, if it has its own.
+    #[serde(default)]
+    pub userns: Option<crate::sys::UsernsMaps>,
 }
 
 /// A container's lifecycle: `Created → Running → Exited`; removal deletes the record.

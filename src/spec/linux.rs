@@ -51,6 +51,10 @@ fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
 /// new cgroup namespace on cgroup v2.
 pub(crate) fn namespaces(pod: &PodNamespaces<'_>, cgroup_v2: bool) -> Vec<LinuxNamespace> {
     let mut out = Vec::new();
+    // Joined first by the runtime, so it owns the namespaces made after it.
+    if let Some((path, _)) = pod.user {
+        out.push(ns(LinuxNamespaceType::User, Some(path)));
+    }
     match &pod.pid {
         PidNs::Pod(path) => out.push(ns(LinuxNamespaceType::Pid, Some(path))),
         PidNs::Container => out.push(ns(LinuxNamespaceType::Pid, None)),
@@ -382,6 +386,7 @@ mod tests {
             ipc: Some(&ipc),
             uts: Some(&uts),
             pid: PidNs::Pod(PathBuf::from("/proc/42/ns/pid")),
+            user: None,
         };
         assert_eq!(
             types(&namespaces(&pod, false)),
@@ -401,6 +406,7 @@ mod tests {
             ipc: None,
             uts: None,
             pid: PidNs::Host,
+            user: None,
         };
         assert_eq!(
             types(&namespaces(&host, false)),
@@ -408,6 +414,7 @@ mod tests {
         );
         let own_pid = PodNamespaces {
             pid: PidNs::Container,
+            user: None,
             ..host
         };
         assert_eq!(

@@ -88,6 +88,8 @@ pub struct PodNamespaces<'a> {
     pub uts: Option<&'a Path>,
     /// The pid namespace.
     pub pid: PidNs,
+    /// The pod's user namespace file and its mappings, if it has its own.
+    pub user: Option<(&'a Path, crate::sys::UsernsMaps)>,
 }
 
 /// Everything a container's OCI spec is made from.
@@ -193,9 +195,18 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<Spec, SpecError> {
     res.set_devices(Some(device_rules));
     let (masked, readonly) = linux::masked_and_readonly_paths(sc, privileged);
     let mut linux = Linux::default();
+    let id_map = |m: crate::sys::IdMap| {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(m.container_id)
+            .host_id(m.host_id)
+            .size(m.length)
+            .build()
+            .map(|m| vec![m])
+            .ok()
+    };
     linux
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
+        .set_uid_mappings(inputs.namespaces.user.and_then(|(_, m)| id_map(m.uids)))
+        .set_gid_mappings(inputs.namespaces.user.and_then(|(_, m)| id_map(m.gids)))
         .set_sysctl(None)
         .set_resources(Some(res))
         .set_cgroups_path(Some(PathBuf::from(&inputs.cgroups_path)))
@@ -403,6 +414,7 @@ mod tests {
                     ipc: None,
                     uts: None,
                     pid: PidNs::Container,
+                    user: None,
                 },
                 cgroups_path: "/kubepods/pod1/c1".into(),
                 host: &self.host,
@@ -555,6 +567,7 @@ mod tests {
                 ipc: None,
                 uts: Some(&uts),
                 pid: PidNs::Host,
+                user: None,
             },
             cgroups_path: "/kubepods/pod1/c1".into(),
             host: &f.host,

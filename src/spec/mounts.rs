@@ -149,7 +149,10 @@ fn cri_mount(m: &api::Mount, host: &HostInfo) -> Result<(Mount, &'static str), S
         ));
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(invalid("id-mapped mounts are not supported by skiff"));
+        // The runtime makes idmapped mounts and passes them as host paths.
+        return Err(invalid(
+            "an idmapped mount reached the spec without being made",
+        ));
     }
     let propagation = match api::MountPropagation::try_from(m.propagation) {
         Ok(api::MountPropagation::PropagationPrivate) => "rprivate",

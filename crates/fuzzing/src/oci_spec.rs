@@ -70,6 +70,7 @@ pub fn run(data: &[u8]) {
             ipc: None,
             uts: None,
             pid: PidNs::Pod(PathBuf::from("/proc/1/ns/pid")),
+            user: None,
         },
         cgroups_path: "/skiff/p/c".into(),
         host: &host,

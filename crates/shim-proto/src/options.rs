@@ -21,6 +21,10 @@ pub struct Options {
     pub pause: Option<PathBuf>,
     /// The `cgroup.procs` files the pause process joins.
     pub pause_procs: Vec<PathBuf>,
+    /// A user-namespaced pod's pinned user namespace: the pause's PID namespace is made
+    /// inside it (so the pod's containers may mount its /proc) and the pause runs as its
+    /// root.
+    pub pause_userns: Option<PathBuf>,
 }
 
 /// How the shim runs containers.
@@ -89,6 +93,9 @@ impl Options {
         for f in &self.pause_procs {
             flag("--pause-procs", f.clone().into());
         }
+        if let Some(user) = &self.pause_userns {
+            flag("--pause-userns", user.clone().into());
+        }
         args
     }
 
@@ -102,6 +109,7 @@ impl Options {
             runtime_root: PathBuf::new(),
             pause: None,
             pause_procs: Vec::new(),
+            pause_userns: None,
         };
         while let Some(flag) = args.next() {
             let flag = flag.to_string_lossy().into_owned();
@@ -120,6 +128,7 @@ impl Options {
                 "--runtime-root" => o.runtime_root = value.into(),
                 "--pause" => o.pause = Some(value.into()),
                 "--pause-procs" => o.pause_procs.push(value.into()),
+                "--pause-userns" => o.pause_userns = Some(value.into()),
                 other => return Err(UsageError(format!("unknown flag {other}"))),
             }
         }
@@ -152,6 +161,7 @@ mod tests {
             runtime_root: "/run/r".into(),
             pause: Some("/bin/pause".into()),
             pause_procs: vec!["/a".into(), "/b".into()],
+            pause_userns: Some("/ns/user".into()),
         };
         let args = o.to_args();
         assert_eq!(args[0], "serve");

@@ -174,61 +174,140 @@ pub fn cloexec_inherited() {
     }
 }
 
-pub fn spawn_pause(pause: &Path, procs_files: &[std::path::PathBuf]) -> io::Result<i32> {
+/// Start the pod's pause binary as PID 1 of a new PID namespace; with `userns` (a
+/// user-namespaced pod's pinned user namespace) the PID namespace is made inside it and
+/// the pause runs as its root.
+pub fn spawn_pause(
+    pause: &Path,
+    procs_files: &[std::path::PathBuf],
+    userns: Option<&Path>,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
     let prog = CString::new(pause.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pause path"))?;
-    let argv = [prog.as_ptr(), std::ptr::null()];
     // Opened before the clone: the child only dup2s it over its stdio, so it holds
     // none of the pipes skiffd reads from the shim.
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    let flags = libc::CLONE_NEWPID | libc::SIGCHLD;
-    // SAFETY: a raw clone without CLONE_VM behaves like fork: the child gets a copy of
-    // the (single-threaded) shim's memory and its own stack copy. The child only joins
-    // cgroups, unblocks signals and execs, then exits if exec failed.
-    let pid = unsafe {
+    let Some(userns) = userns else {
+        // SAFETY: a raw clone without CLONE_VM behaves like fork: the child gets a copy
+        // of the (single-threaded) shim's memory and its own stack copy.
+        let pid = unsafe { raw_fork(libc::CLONE_NEWPID) };
+        return match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => exec_pause(&prog, &null, procs_files, false),
+            pid => i32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid")),
+        };
+    };
+    // A PID namespace is owned by the user namespace of the process that makes it, and
+    // the shim must stay in the host's: a go-between child joins the pod's user
+    // namespace, makes the PID namespace, forks the pause as its PID 1 and exits, so the
+    // pause is re-parented to us (the subreaper).
+    let userns = std::fs::File::open(userns)?;
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: as above, a fork of the single-threaded shim.
+    let mid = unsafe { raw_fork(0) };
+    if mid == 0 {
+        // SAFETY: in the go-between: setns, unshare, fork, write and _exit only.
+        unsafe {
+            if libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+                || libc::unshare(libc::CLONE_NEWPID) != 0
+            {
+                libc::_exit(126);
+            }
+            let pid = raw_fork(0);
+            if pid == 0 {
+                exec_pause(&prog, &null, procs_files, true);
+            }
+            let bytes = i32::try_from(pid).unwrap_or(-1).to_ne_bytes();
+            libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(0);
+        }
+    }
+    if mid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(wr);
+    let mut bytes = [0u8; 4];
+    let got = rustix::io::read(&rd, &mut bytes);
+    // SAFETY: our own child, which has exited or is about to.
+    unsafe {
+        libc::waitpid(i32::try_from(mid).unwrap_or(-1), std::ptr::null_mut(), 0);
+    }
+    match (got, i32::from_ne_bytes(bytes)) {
+        (Ok(4), pid) if pid > 0 => Ok(pid),
+        _ => Err(io::Error::other(
+            "could not start the pause process in the pod's user namespace",
+        )),
+    }
+}
+
+/// A raw `clone` with `flags | SIGCHLD` and no CLONE_VM: a fork.
+///
+/// # Safety
+/// As fork: the caller must be single-threaded or the child async-signal-safe.
+unsafe fn raw_fork(flags: libc::c_int) -> libc::c_long {
+    // SAFETY: the caller's contract.
+    unsafe {
         libc::syscall(
             libc::SYS_clone,
-            libc::c_long::from(flags),
+            libc::c_long::from(flags | libc::SIGCHLD),
             0 as libc::c_long,
             0 as libc::c_long,
             0 as libc::c_long,
             0 as libc::c_long,
         )
-    };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            for f in procs_files {
-                let _ = std::fs::write(f, b"0");
-            }
-            for fd in 0..3 {
-                // SAFETY: `null` is an open fd; dup2 is async-signal-safe.
-                unsafe {
-                    libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
-                }
-            }
-            // Nothing but stdio reaches the pause (the shim's own fds are CLOEXEC, but
-            // `null` and anything it inherited are not). SAFETY: a raw syscall, async-
-            // signal-safe; on a kernel without it (< 5.9) the fds stay, as before.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3 as libc::c_uint,
-                    libc::c_uint::MAX,
-                    0 as libc::c_uint,
-                );
-            }
-            unblock_all();
-            let _ = rustix::process::setsid();
-            // SAFETY: argv is a NUL-terminated array of valid C strings that outlive the call.
-            unsafe {
-                libc::execv(prog.as_ptr(), argv.as_ptr());
-                libc::_exit(127);
+    }
+}
+
+/// In the pause's child: join its cgroups, become the root of the user namespace it is
+/// in if `ns_root`, put /dev/null on stdio, close everything else, exec; exit 127 if
+/// that fails.
+fn exec_pause(
+    prog: &CString,
+    null: &std::fs::File,
+    procs_files: &[std::path::PathBuf],
+    ns_root: bool,
+) -> ! {
+    let argv = [prog.as_ptr(), std::ptr::null()];
+    for f in procs_files {
+        let _ = std::fs::write(f, b"0");
+    }
+    if ns_root {
+        // SAFETY: plain syscalls in a single-threaded child; any failure ends it.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setresuid(0, 0, 0) != 0
+            {
+                libc::_exit(126);
             }
         }
-        pid => i32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid")),
+    }
+    for fd in 0..3 {
+        // SAFETY: `null` is an open fd; dup2 is async-signal-safe.
+        unsafe {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(null), fd);
+        }
+    }
+    // Nothing but stdio reaches the pause (the shim's own fds are CLOEXEC, but
+    // `null` and anything it inherited are not). SAFETY: a raw syscall, async-
+    // signal-safe; on a kernel without it (< 5.9) the fds stay, as before.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+    unblock_all();
+    let _ = rustix::process::setsid();
+    // SAFETY: argv is a NUL-terminated array of valid C strings that outlive the call.
+    unsafe {
+        libc::execv(prog.as_ptr(), argv.as_ptr());
+        libc::_exit(127);
     }
 }

@@ -86,7 +86,11 @@ pub unsafe fn run(opts: Options) -> io::Result<()> {
     let sigfd = sys::signalfd()?;
     let mut shim = Shim::new(opts, listener, sigfd);
     if let Some(pause) = shim.opts.pause.clone() {
-        let pid = sys::spawn_pause(&pause, &shim.opts.pause_procs)?;
+        let pid = sys::spawn_pause(
+            &pause,
+            &shim.opts.pause_procs,
+            shim.opts.pause_userns.as_deref(),
+        )?;
         shim.pause = Some(pid);
         shim.reaper.own(pid, reap::Owner::Pause);
     }
