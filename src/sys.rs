@@ -99,6 +99,19 @@ pub struct UsernsMaps {
 }
 
 impl UsernsMaps {
+    /// Uids and gids alike: container ids 0..`length` as host ids `host_id`...
+    pub fn uniform(host_id: u32, length: u32) -> UsernsMaps {
+        let map = IdMap {
+            container_id: 0,
+            host_id,
+            length,
+        };
+        UsernsMaps {
+            uids: map,
+            gids: map,
+        }
+    }
+
     /// The host uid and gid of the namespace's root.
     pub fn host_root(&self) -> (u32, u32) {
         (self.uids.host_id, self.gids.host_id)
@@ -218,18 +231,7 @@ impl Drop for NsHolder {
 /// Whether this kernel and the filesystem of `path` take idmapped mounts for a user
 /// namespace like a pod's: the check of what a handler's `user_namespaces` promises.
 pub fn idmap_supported(path: &Path) -> io::Result<()> {
-    let map = IdMap {
-        container_id: 0,
-        host_id: 65536,
-        length: 65536,
-    };
-    let holder = NsHolder::spawn(
-        0,
-        &UsernsMaps {
-            uids: map,
-            gids: map,
-        },
-    )?;
+    let holder = NsHolder::spawn(0, &UsernsMaps::uniform(65536, 65536))?;
     let userns = fs::File::open(format!("/proc/{}/ns/user", holder.pid))?;
     idmapped_tree(path, &userns).map(drop)
 }
@@ -761,16 +763,8 @@ mod tests {
         assert!(err.to_string().contains("net.no.such.knob"), "{err}");
         assert!(!dir.path().join("net").exists());
         // Likewise with a user namespace: the user file goes too.
-        let map = IdMap {
-            container_id: 0,
-            host_id: 300_000,
-            length: 65536,
-        };
         let spec = PodNsSpec {
-            userns: Some(UsernsMaps {
-                uids: map,
-                gids: map,
-            }),
+            userns: Some(UsernsMaps::uniform(300_000, 65536)),
             ..spec
         };
         let err = create_pod_namespaces(dir.path(), &spec).unwrap_err();
@@ -870,19 +864,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let map = IdMap {
-            container_id: 0,
-            host_id: 400_000,
-            length: 65536,
-        };
-        let holder = NsHolder::spawn(
-            0,
-            &UsernsMaps {
-                uids: map,
-                gids: map,
-            },
-        )
-        .unwrap();
+        let holder = NsHolder::spawn(0, &UsernsMaps::uniform(400_000, 65536)).unwrap();
         let userns = PathBuf::from(format!("/proc/{}/ns/user", holder.pid));
         for sub in ["l1/etc", "l2", "upper", "work", "merged"] {
             fs::create_dir_all(d.join(sub)).unwrap();

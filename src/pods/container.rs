@@ -37,7 +37,7 @@ async fn idmap_volumes(
     cfg: &api::ContainerConfig,
 ) -> Result<api::ContainerConfig, RuntimeError> {
     let mut cfg = cfg.clone();
-    let pod_userns = p.ns.user.clone().filter(|_| p.userns.is_some());
+    let pod_userns = p.userns_file();
     for (n, m) in cfg.mounts.iter_mut().enumerate() {
         let image = m.image.as_ref().is_some_and(|i| !i.image.is_empty());
         let own = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
@@ -595,7 +595,7 @@ impl Runtime {
         cfg: &api::ContainerConfig,
     ) -> Result<api::ContainerConfig, RuntimeError> {
         let mut cfg = cfg.clone();
-        let idmap = p.ns.user.clone().filter(|_| p.userns.is_some());
+        let idmap = p.userns_file();
         for (n, m) in cfg.mounts.iter_mut().enumerate() {
             let Some(image_ref) = m
                 .image
@@ -679,7 +679,7 @@ impl Runtime {
         // In a user-namespaced pod the image layers are idmapped (a root-owned file is the
         // namespace root's), and the upper directory, not idmapped, belongs to the
         // namespace's root on disk: what the container writes is stored with host ids.
-        let idmap = p.ns.user.clone().filter(|_| p.userns.is_some());
+        let idmap = p.userns_file();
         if let Some((uid, gid)) = p.userns.map(|u| u.host_root()) {
             rustix::fs::chown(
                 &upper,

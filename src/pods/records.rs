@@ -73,6 +73,13 @@ pub struct PodRecord {
     pub userns: Option<crate::sys::UsernsMaps>,
 }
 
+impl PodRecord {
+    /// The pod's pinned user namespace, if it has its own.
+    pub fn userns_file(&self) -> Option<PathBuf> {
+        self.ns.user.clone().filter(|_| self.userns.is_some())
+    }
+}
+
 /// A container's lifecycle: `Created → Running → Exited`; removal deletes the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtrState {
