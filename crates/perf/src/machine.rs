@@ -15,6 +15,8 @@ pub struct Machine {
     pub mem_kib: u64,
     /// `uname -r`.
     pub kernel: String,
+    /// The cgroup layout and whether `favordynmods` is on (it changes start latency).
+    pub cgroups: String,
     /// `containerd --version`.
     pub containerd: String,
     /// `runc --version` (first line).
@@ -50,6 +52,7 @@ impl Machine {
             cpu_model,
             mem_kib,
             kernel: uname.release().to_string_lossy().into_owned(),
+            cgroups: cgroup_layout(),
             containerd: version_line(&containerd.to_string_lossy(), &["--version"]),
             runc: version_line("runc", &["--version"]),
             skiffd: version_line(&skiffd.to_string_lossy(), &["--version"]),
@@ -68,11 +71,13 @@ impl Machine {
             "## Machine\n\n\
              - CPU: {cpus} × {model}\n\
              - memory: {mem:.1} GiB\n\
-             - kernel: {kernel}\n",
+             - kernel: {kernel}\n\
+             - cgroups: {cgroups}\n",
             cpus = self.cpus,
             model = self.cpu_model,
             mem = kib_to_gib(self.mem_kib),
             kernel = self.kernel,
+            cgroups = self.cgroups,
         )
     }
 
@@ -96,6 +101,36 @@ impl Machine {
             tar = self.tar,
         )
     }
+}
+
+/// "v1 hybrid" / "v2" / "v1", and whether the cgroup2 mount has `favordynmods`
+/// (README: node tuning), from `/proc/mounts`.
+fn cgroup_layout() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let (mut v1, mut v2, mut favor) = (false, false, false);
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.get(2) {
+            Some(&"cgroup") => v1 = true,
+            Some(&"cgroup2") => {
+                v2 = true;
+                favor |= f
+                    .get(3)
+                    .is_some_and(|o| o.split(',').any(|o| o == "favordynmods"));
+            }
+            _ => {}
+        }
+    }
+    let layout = match (v1, v2) {
+        (true, true) => "v1 hybrid",
+        (true, false) => "v1",
+        (false, true) => "v2",
+        (false, false) => "none",
+    };
+    format!(
+        "{layout}, favordynmods {}",
+        if favor { "on" } else { "off" }
+    )
 }
 
 fn kib_to_gib(kib: u64) -> f64 {

@@ -97,14 +97,20 @@ pub unsafe fn fork_pid() -> io::Result<Option<i32>> {
 /// that could hand a descriptor on). On a kernel without close_range (< 5.9) they are
 /// left (they are close-on-exec).
 pub fn close_from(first: u32) {
+    close_range(first, u32::MAX, 0);
+}
+
+/// `close_range(first, last, flags)`: the one wrapper of the raw syscall (async-signal-
+/// safe); 0 or -1 with errno, as the kernel answers.
+pub fn close_range(first: u32, last: u32, flags: libc::c_uint) -> libc::c_long {
     // SAFETY: a raw syscall with plain integer arguments.
     unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
+            libc::c_uint::from(first),
+            libc::c_uint::from(last),
+            flags,
+        )
     }
 }
 
@@ -139,22 +145,12 @@ pub fn wait_exit(pid: i32) -> io::Result<i32> {
     })
 }
 
-/// Start `pause` as PID 1 of a new PID namespace, joined to the cgroups whose
-/// `cgroup.procs` files are listed. Returns its pid in the shim's namespace.
 /// Marks every descriptor above stdio close-on-exec: what the shim inherited from
 /// whoever started it (skiffd's parent's descriptors, a lock file…) is not its own and
 /// must reach neither the OCI runtime nor a container. Called first thing, before the
 /// shim opens anything.
 pub fn cloexec_inherited() {
-    // SAFETY: a raw syscall with plain integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    let r = close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     if r == 0 {
         return;
     }
@@ -174,9 +170,10 @@ pub fn cloexec_inherited() {
     }
 }
 
-/// Start the pod's pause binary as PID 1 of a new PID namespace; with `userns` (a
-/// user-namespaced pod's pinned user namespace) the PID namespace is made inside it and
-/// the pause runs as its root.
+/// Start the pod's pause binary as PID 1 of a new PID namespace, joined to the cgroups
+/// whose `cgroup.procs` files are listed; with `userns` (a user-namespaced pod's pinned
+/// user namespace) the PID namespace is made inside it and the pause runs as its root.
+/// Returns its pid in the shim's namespace.
 pub fn spawn_pause(
     pause: &Path,
     procs_files: &[std::path::PathBuf],
@@ -293,16 +290,9 @@ fn exec_pause(
         }
     }
     // Nothing but stdio reaches the pause (the shim's own fds are CLOEXEC, but
-    // `null` and anything it inherited are not). SAFETY: a raw syscall, async-
-    // signal-safe; on a kernel without it (< 5.9) the fds stay, as before.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
-    }
+    // `null` and anything it inherited are not); on a kernel without close_range
+    // (< 5.9) the fds stay, as before.
+    close_from(3);
     unblock_all();
     let _ = rustix::process::setsid();
     // SAFETY: argv is a NUL-terminated array of valid C strings that outlive the call.

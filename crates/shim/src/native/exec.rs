@@ -256,9 +256,9 @@ fn prepare(
     // working directory through /proc/self/fd: only stdio and the status pipe stay.
     let keep = u32::try_from(status.as_raw_fd()).map_err(|_| "bad status fd")?;
     if keep > 3 {
-        close_range(3, keep - 1);
+        crate::sys::close_range(3, keep - 1, 0);
     }
-    close_range(keep + 1, u32::MAX);
+    crate::sys::close_from(keep + 1);
     let cwd = process.cwd();
     std::env::set_current_dir(cwd)
         .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
@@ -293,13 +293,6 @@ fn prepare(
     let path = CString::new(path.into_os_string().into_encoded_bytes())
         .map_err(|_| "NUL byte in the command path".to_string())?;
     Ok((path, argv, envp))
-}
-
-fn close_range(first: u32, last: u32) {
-    // SAFETY: a raw syscall with plain integer arguments.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint);
-    }
 }
 
 fn load_seccomp(s: &LinuxSeccomp) -> Result<(), String> {
