@@ -449,6 +449,27 @@ async fn a_user_namespaced_pod_is_root_only_in_its_namespace() {
         pid1.contains("pause") && pid1.contains("Uid:\t0\t0\t0\t0"),
         "{pid1}"
     );
+    // On the host the pause runs as the mapped uid, in the pod's pause cgroup.
+    let verbose = c
+        .runtime
+        .pod_sandbox_status(api::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let pause = info["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    assert!(
+        status.contains("Uid:\t200000\t200000\t200000\t200000"),
+        "{status}"
+    );
+    let cgroups = std::fs::read_to_string(format!("/proc/{pause}/cgroup")).unwrap();
+    assert!(cgroups.contains(&pod), "{cgroups}");
+    assert_eq!(info["userns"]["uids"]["host_id"], 200000, "{info}");
+
     // /sys belongs to the pod's network namespace; /dev/shm to the namespace's root.
     assert!(sh(&mut c, &ctr, "ls /sys/class/net").await.contains("eth0"));
     assert_eq!(sh(&mut c, &ctr, "stat -c %u /dev/shm").await, "0");

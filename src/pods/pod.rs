@@ -642,6 +642,7 @@ impl Runtime {
             "shimSocket": p.shim_socket,
             "pidMode": format!("{:?}", p.pid_mode),
             "namespaces": p.ns,
+            "userns": p.userns,
             "cgroupParent": p.cgroup_parent,
             "runtimeHandler": p.handler,
             "stateDir": p.dir,
