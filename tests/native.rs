@@ -619,3 +619,71 @@ async fn bad_user_namespace_requests_are_refused_cleanly() {
     let pod = run_pod(&mut c, &cfg, "native").await;
     common::end_pod(&mut c, &pod).await;
 }
+
+/// A user-namespaced pod as the kubelet sends it (each container its own PID namespace)
+/// with a non-root container user, across a skiffd crash: the namespace holds after the
+/// restart, exec still enters it, and the pod goes without leaving a pinned namespace
+/// or a mount behind.
+#[tokio::test]
+async fn a_user_namespaced_pod_survives_a_skiffd_crash_and_goes_cleanly() {
+    let Some((mut env, c)) = setup("native_userns_restart").await else {
+        return;
+    };
+    let mut c = c;
+    let logs = env.skiffd.dir().join("logs");
+    let mut pod_cfg = userns_pod("userns-crash", &logs, 300_000);
+    if let Some(ns) = pod_cfg
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = api::NamespaceMode::Container as i32;
+    }
+    let pod = run_pod(&mut c, &pod_cfg, "native").await;
+    let mut ctr_cfg = restricted_ctr("userns-crash-ctr", "/");
+    ctr_cfg.command = vec!["sleep".into(), "1000".into()];
+    ctr_cfg.linux = Some(api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            run_as_user: Some(api::Int64Value { value: 1000 }),
+            namespace_options: Some(api::NamespaceOption {
+                pid: api::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ctr = create_and_start(&mut c, &pod, &pod_cfg, ctr_cfg).await;
+    let check = |c: &mut CriClient| {
+        let ctr = ctr.clone();
+        let mut c = c.clone();
+        async move {
+            let out = sh(
+                &mut c,
+                &ctr,
+                "id -u; cat /proc/self/uid_map; tr '\\0' ' ' < /proc/1/cmdline",
+            )
+            .await;
+            let words: Vec<String> = out.split_whitespace().map(String::from).collect();
+            assert_eq!(words, ["1000", "0", "300000", "65536", "sleep", "1000"]);
+        }
+    };
+    check(&mut c).await;
+    drop(c);
+    env.skiffd.kill();
+    env.skiffd.restart().unwrap();
+    let mut c = env.skiffd.client().await;
+    check(&mut c).await;
+    common::end_pod(&mut c, &pod).await;
+    let ns_dir = env.skiffd.state.join("ns").join(&pod);
+    assert!(
+        !ns_dir.join("user").exists(),
+        "the user namespace stayed pinned"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&pod[..16]),
+        "mounts of the pod are left: {mounts}"
+    );
+}
