@@ -687,3 +687,45 @@ async fn a_user_namespaced_pod_survives_a_skiffd_crash_and_goes_cleanly() {
         "mounts of the pod are left: {mounts}"
     );
 }
+
+/// A CRI mount with mappings of its own is idmapped with them, in a pod without a user
+/// namespace too (on any handler: skiff makes the mount).
+#[tokio::test]
+async fn a_mount_with_its_own_mappings_is_idmapped() {
+    let Some((env, mut c)) = setup("native_idmapped_mount").await else {
+        return;
+    };
+    let logs = env.skiffd.dir().join("logs");
+    let vol = env.skiffd.dir().join("mapped-volume");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("file"), "x").unwrap();
+    std::os::unix::fs::chown(vol.join("file"), Some(7), Some(8)).unwrap();
+    for handler in ["native", "runc"] {
+        let pod_cfg = pod_config(&format!("mapped-{handler}"), &logs, vec![]);
+        let pod = run_pod(&mut c, &pod_cfg, handler).await;
+        let mut ctr_cfg = restricted_ctr(&format!("mapped-ctr-{handler}"), "/");
+        ctr_cfg.command = vec!["sleep".into(), "1000".into()];
+        ctr_cfg.linux = Some(api::LinuxContainerConfig::default());
+        let map = api::IdMapping {
+            host_id: 5000,
+            container_id: 0,
+            length: 1000,
+        };
+        ctr_cfg.mounts = vec![api::Mount {
+            container_path: "/mapped".into(),
+            host_path: vol.display().to_string(),
+            readonly: true,
+            uid_mappings: vec![map],
+            gid_mappings: vec![map],
+            ..Default::default()
+        }];
+        let ctr = create_and_start(&mut c, &pod, &pod_cfg, ctr_cfg).await;
+        assert_eq!(
+            sh(&mut c, &ctr, "stat -c %u:%g /mapped/file").await,
+            "5007:5008",
+            "{handler}"
+        );
+        common::end_pod(&mut c, &pod).await;
+    }
+    assert_eq!(std::fs::read_to_string(vol.join("file")).unwrap(), "x");
+}
