@@ -109,6 +109,21 @@ impl Handler {
         // SAFETY: setns on a pidfd we own, with namespace flags.
         if flags != 0 && unsafe { libc::setns(pidfd.as_raw_fd(), flags) } != 0 {
             let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                // The init is exiting: its namespaces went before its exit is final. Wait
+                // for that (the pidfd turns readable), so the shim, seeing the exit, takes
+                // this for the race with the container's end that it is.
+                let mut fds = [rustix::event::PollFd::new(
+                    &pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let limit = rustix::event::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                };
+                let _ = rustix::event::poll(&mut fds, Some(&limit));
+                return Err(format!("container {id} has exited"));
+            }
             return Err(format!("container {id}: join its namespaces: {e}"));
         }
         drop(pidfd);
