@@ -218,6 +218,13 @@ impl NsHolder {
     }
 }
 
+impl NsHolder {
+    /// The holder's user namespace file.
+    fn userns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.pid))
+    }
+}
+
 impl Drop for NsHolder {
     fn drop(&mut self) {
         drop(self.release.take());
@@ -232,7 +239,7 @@ impl Drop for NsHolder {
 /// namespace like a pod's: the check of what a handler's `user_namespaces` promises.
 pub fn idmap_supported(path: &Path) -> io::Result<()> {
     let holder = NsHolder::spawn(0, &UsernsMaps::uniform(65536, 65536))?;
-    let userns = fs::File::open(format!("/proc/{}/ns/user", holder.pid))?;
+    let userns = fs::File::open(holder.userns_path())?;
     idmapped_tree(path, &userns).map(drop)
 }
 
@@ -253,7 +260,7 @@ pub fn bind_idmapped(source: &Path, target: &Path, by: &IdmapBy) -> Result<(), S
         IdmapBy::Userns(p) => fs::File::open(p).map_err(io_err("open", p))?,
         IdmapBy::Maps(m) => {
             holder = NsHolder::spawn(0, m).map_err(io_err("make a user namespace for", target))?;
-            let p = PathBuf::from(format!("/proc/{}/ns/user", holder.pid));
+            let p = holder.userns_path();
             fs::File::open(&p).map_err(io_err("open", &p))?
         }
     };
@@ -384,8 +391,7 @@ fn pin_with_userns(dir: &Path, spec: &PodNsSpec, maps: &UsernsMaps) -> Result<Po
     }
     let file = dir.join("user");
     fs::File::create(&file).map_err(io_err("create", &file))?;
-    let src = format!("/proc/{}/ns/user", holder.pid);
-    if let Err(e) = rustix::mount::mount_bind(src.as_str(), &file) {
+    if let Err(e) = rustix::mount::mount_bind(holder.userns_path(), &file) {
         let _ = fs::remove_file(&file);
         return Err(io_err("pin namespace at", &file)(e.into()));
     }
@@ -865,7 +871,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let holder = NsHolder::spawn(0, &UsernsMaps::uniform(400_000, 65536)).unwrap();
-        let userns = PathBuf::from(format!("/proc/{}/ns/user", holder.pid));
+        let userns = holder.userns_path();
         for sub in ["l1/etc", "l2", "upper", "work", "merged"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }

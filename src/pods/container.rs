@@ -49,17 +49,13 @@ async fn idmap_volumes(
             continue;
         };
         let by = if own {
-            let one = |what: &str, maps: &[api::IdMapping]| match maps {
-                [m] => Ok(crate::sys::IdMap {
-                    container_id: m.container_id,
-                    host_id: m.host_id,
-                    length: m.length,
-                }),
-                _ => Err(RuntimeError::Invalid(format!(
-                    "mount at {}: exactly one {what} mapping is supported for an idmapped mount, got {}",
-                    m.container_path,
-                    maps.len()
-                ))),
+            let one = |what: &str, maps: &[api::IdMapping]| {
+                super::pod::single_mapping(what, maps).map_err(|e| {
+                    RuntimeError::Invalid(format!(
+                        "mount at {}: idmapped mount: {e}",
+                        m.container_path
+                    ))
+                })
             };
             crate::sys::IdmapBy::Maps(crate::sys::UsernsMaps {
                 uids: one("uid", &m.uid_mappings)?,
@@ -994,14 +990,11 @@ impl Runtime {
         // The writable layer may hold many files: removed off the async workers.
         let (bundle, layer_dir) = (c.bundle.clone(), c.layer_dir.clone());
         crate::blocking::spawn(move || {
-            for (dir, remove) in [
-                (
-                    bundle,
-                    remove_bundle as fn(&std::path::Path) -> std::io::Result<()>,
-                ),
-                (layer_dir, |d: &std::path::Path| fs::remove_dir_all(d)),
+            for (dir, removed) in [
+                (&bundle, remove_bundle(&bundle)),
+                (&layer_dir, fs::remove_dir_all(&layer_dir)),
             ] {
-                if let Err(e) = remove(&dir)
+                if let Err(e) = removed
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
                     tracing::warn!(path = %dir.display(), error = %e, "remove a container's files");

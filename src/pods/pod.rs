@@ -54,12 +54,8 @@ fn userns_maps(
         );
     }
     let one = |what: &str, maps: &[api::IdMapping]| -> Result<crate::sys::IdMap, RuntimeError> {
-        let [m] = maps else {
-            return Err(RuntimeError::Invalid(format!(
-                "user namespace: exactly one {what} mapping is supported, got {}",
-                maps.len()
-            )));
-        };
+        let m = single_mapping(what, maps)
+            .map_err(|e| RuntimeError::Invalid(format!("user namespace: {e}")))?;
         if m.container_id != 0 {
             return Err(RuntimeError::Invalid(format!(
                 "user namespace: the {what} mapping must map container id 0 (it starts at {})",
@@ -72,16 +68,31 @@ fn userns_maps(
                 m.host_id, m.length
             )));
         }
-        Ok(crate::sys::IdMap {
-            container_id: m.container_id,
-            host_id: m.host_id,
-            length: m.length,
-        })
+        Ok(m)
     };
     Ok(Some(crate::sys::UsernsMaps {
         uids: one("uid", &opts.uids)?,
         gids: one("gid", &opts.gids)?,
     }))
+}
+
+/// The one range of a CRI id mapping list (skiff takes exactly one, as the kubelet
+/// sends), or why not.
+pub(super) fn single_mapping(
+    what: &str,
+    maps: &[api::IdMapping],
+) -> Result<crate::sys::IdMap, String> {
+    match maps {
+        [m] => Ok(crate::sys::IdMap {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        }),
+        _ => Err(format!(
+            "exactly one {what} mapping is supported, got {}",
+            maps.len()
+        )),
+    }
 }
 
 fn name_key(c: &api::PodSandboxConfig) -> String {
