@@ -36,11 +36,12 @@ mod guard;
 mod meta;
 mod path;
 mod uring;
+mod writeback;
 
 use std::cmp::Reverse;
 use std::ffi::{CStr, CString};
 use std::io::{self, Read};
-use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -52,6 +53,7 @@ use self::fs::{BlockingFs, FsOps, Target};
 use self::guard::ExtensionGuard;
 use self::meta::EntryMeta;
 use self::uring::UringFs;
+use self::writeback::Flusher;
 
 /// Which IO engine [`unpack`] writes files with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,10 +88,11 @@ pub struct UnpackOptions {
     pub max_pax_bytes: usize,
     /// The IO engine.
     pub engine: IoEngine,
-    /// Start the disk writeback of big files while the layer is still being
-    /// unpacked (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait),
-    /// so the flush before the commit finds most of their data already written.
-    /// Set when the snapshotter flushes layers.
+    /// Start the disk writeback while the layer is still being unpacked: big
+    /// files' windows (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not
+    /// wait) and, every 16 MiB or so, a `syncfs` of the layer's filesystem on a
+    /// helper thread (module `writeback`), so the flush before the commit finds
+    /// most of the layer already written. Set when the snapshotter flushes layers.
     pub start_writeback: bool,
 }
 
@@ -320,7 +323,11 @@ fn unpack_with<F: FsOps>(
         parent_cache: None,
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
+        flusher: None,
     };
+    if opts.start_writeback {
+        unpacker.flusher = Flusher::start(unpacker.root.as_fd());
+    }
     let mut position = AT_START.to_owned();
     loop {
         guard.arm();
@@ -358,32 +365,13 @@ const COPY_BUF: usize = 128 * 1024;
 
 /// With [`UnpackOptions::start_writeback`]: files of at least this size get their
 /// writeback started, in windows of this size while they are written and for the
-/// rest at their end. Smaller files are left to the flush: a syscall per small
-/// file cost more than it saved (`docs/decisions.md`).
+/// rest at their end. Smaller files are left to the background flusher: a syscall
+/// per small file cost more than it saved (`docs/decisions.md`).
 const WRITEBACK_WINDOW: u64 = 4 << 20;
 
 /// How far behind the write offset a writeback window ends: writes the io_uring
 /// engine still has in flight (at most 2 MiB) are not dirty pages yet.
 const WRITEBACK_LAG: u64 = 4 << 20;
-
-/// Starts the writeback of `len` bytes of `fd` from `offset` (`len` 0: to the
-/// end) without waiting for it. Best effort: the flush before the commit is what
-/// makes the layer durable, so a failure here is only logged.
-fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64, shown: &str) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a plain syscall on a valid descriptor; no memory is passed.
-    let r =
-        unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
-    if r != 0 {
-        tracing::debug!(
-            entry = shown,
-            error = %std::io::Error::last_os_error(),
-            "starting writeback failed"
-        );
-    }
-}
 
 /// The one xattr the unpacker itself sets: overlayfs's opaque-dir marker.
 const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
@@ -465,6 +453,8 @@ struct Unpacker<'o, F> {
     parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     dirs: Vec<DeferredDir>,
     buf: Vec<u8>,
+    /// With [`UnpackOptions::start_writeback`]: flushes while the layer unpacks.
+    flusher: Option<Flusher>,
 }
 
 impl<F: FsOps> Unpacker<'_, F> {
@@ -596,7 +586,7 @@ impl<F: FsOps> Unpacker<'_, F> {
                 && offset >= written_back + WRITEBACK_WINDOW + WRITEBACK_LAG
             {
                 let end = offset - WRITEBACK_LAG;
-                start_writeback(file.as_fd(), written_back, end - written_back, shown);
+                writeback::start_range(file.as_fd(), written_back, end - written_back, shown);
                 written_back = end;
             }
             let n = fill(entry, &mut self.buf).map_err(|source| UnpackError::Read {
@@ -626,7 +616,7 @@ impl<F: FsOps> Unpacker<'_, F> {
             .finish_writes(&file)
             .map_err(|e| fs_err(shown, "writing file", e))?;
         if self.opts.start_writeback && offset >= WRITEBACK_WINDOW {
-            start_writeback(file.as_fd(), written_back, 0, shown);
+            writeback::start_range(file.as_fd(), written_back, 0, shown);
         }
         self.apply_meta(Target::Fd(file.as_fd()), &meta, shown, Apply::NewFile)?;
         self.ops
@@ -634,6 +624,9 @@ impl<F: FsOps> Unpacker<'_, F> {
             .map_err(|e| fs_err(shown, "closing file", e))?;
         self.stats.files += 1;
         self.stats.bytes += offset;
+        if let Some(flusher) = &mut self.flusher {
+            flusher.wrote_file(offset);
+        }
         Ok(offset)
     }
 
