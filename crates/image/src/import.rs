@@ -321,12 +321,13 @@ impl ArchiveHandle {
                 source: std::io::Error::other(msg),
             });
         }
-        if verify_blob_digest && (out.digest != layer.digest || out.size != layer.size) {
+        let digest = out.digest.unwrap_or_else(|| Digest::of(b""));
+        if verify_blob_digest && (digest != layer.digest || out.size != layer.size) {
             return Err(ImageError::Mismatch {
                 reference: name,
                 what: format!("layer {member} (digest, size)"),
                 expected: format!("{}, {} bytes", layer.digest, layer.size),
-                actual: format!("{}, {} bytes", out.digest, out.size),
+                actual: format!("{digest}, {} bytes", out.size),
             });
         }
         out.unpacked.map_err(|source| ImageError::Unpack {
@@ -346,7 +347,7 @@ impl ArchiveHandle {
             });
         }
         snapshots.commit(temp, &layer.chain_id)?;
-        Ok((out.digest, out.size))
+        Ok((digest, out.size))
     }
 }
 

@@ -121,7 +121,7 @@ fn error_chain(e: &io::Error) -> String {
 /// The compressed source: hashes and counts what it yields, remembers a failed read.
 struct Source<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     size: u64,
     failed: Option<String>,
 }
@@ -130,7 +130,9 @@ impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(h) = &mut self.hasher {
+                    h.update(&buf[..n]);
+                }
                 self.size += n as u64;
                 Ok(n)
             }
@@ -200,8 +202,9 @@ pub enum LayerError {
 /// What one pass over a layer produced.
 #[derive(Debug)]
 pub struct LayerOutcome {
-    /// Digest of the compressed bytes received.
-    pub digest: Digest,
+    /// Digest of the compressed bytes received; None from [`run`], whose caller
+    /// hashes the blob as it receives it.
+    pub digest: Option<Digest>,
     /// Number of compressed bytes received.
     pub size: u64,
     /// Digest of the uncompressed tar (None if unpacking failed before the end).
@@ -212,14 +215,16 @@ pub struct LayerOutcome {
     pub stream_failed: Option<String>,
 }
 
-/// Run the blocking half of the pipeline over an HTTP body's chunks.
+/// Run the blocking half of the pipeline over an HTTP body's chunks. The blob is
+/// not hashed here: the caller hashes the chunks as it receives them (on its own
+/// thread, off the decoder's, which is the pipeline's long pole).
 pub fn run(
     rx: Receiver<io::Result<Bytes>>,
     compression: Compression,
     dir: &Path,
     opts: &UnpackOptions,
 ) -> LayerOutcome {
-    run_reader(ChannelRead::new(rx), compression, dir, opts)
+    run_source(ChannelRead::new(rx), None, compression, dir, opts)
 }
 
 /// Bytes of tar per piece handed from the decoder thread to the unpacker.
@@ -238,9 +243,20 @@ pub fn run_reader<R: Read + Send>(
     dir: &Path,
     opts: &UnpackOptions,
 ) -> LayerOutcome {
+    run_source(reader, Some(Sha256::new()), compression, dir, opts)
+}
+
+/// [`run_reader`], hashing the blob on the decoder's thread only with `hasher`.
+fn run_source<R: Read + Send>(
+    reader: R,
+    hasher: Option<Sha256>,
+    compression: Compression,
+    dir: &Path,
+    opts: &UnpackOptions,
+) -> LayerOutcome {
     let source = Source {
         inner: reader,
-        hasher: Sha256::new(),
+        hasher,
         size: 0,
         failed: None,
     };
@@ -299,7 +315,7 @@ pub fn run_reader<R: Read + Send>(
                 // Read to its end without an error, the tar's digest is its diff id.
                 let diff_id = (whole && unpacked.is_ok()).then_some(tar_digest);
                 LayerOutcome {
-                    digest: Digest::from_hasher(source.hasher),
+                    digest: source.hasher.map(Digest::from_hasher),
                     size: source.size,
                     diff_id,
                     unpacked,
@@ -315,7 +331,7 @@ pub fn run_reader<R: Read + Send>(
 /// nothing was read, so the caller sees a size mismatch first (and retries the layer).
 fn set_up_failed(e: io::Error) -> LayerOutcome {
     LayerOutcome {
-        digest: Digest::of(b""),
+        digest: None,
         size: 0,
         diff_id: None,
         unpacked: Err(LayerError::Decompressor(e)),
@@ -334,12 +350,26 @@ fn decode<R: Read>(
     hash: SyncSender<Piece>,
 ) -> (bool, Source<R>) {
     let mut whole = true;
+    // Pieces sent, oldest first: one both consumers are done with is filled again
+    // (allocating and zeroing 256 KiB per piece showed in profiles).
+    let mut sent: std::collections::VecDeque<Piece> = std::collections::VecDeque::new();
     loop {
-        let mut buf = vec![0; CHUNK];
+        let mut buf = match sent.front_mut().and_then(Piece::get_mut) {
+            Some(done) => {
+                let mut buf = std::mem::take(done);
+                sent.pop_front();
+                buf.resize(CHUNK, 0);
+                buf
+            }
+            None => vec![0; CHUNK],
+        };
         let (n, failed) = fill(&mut dec, &mut buf);
         if n > 0 {
             buf.truncate(n);
             let piece = Piece::new(buf);
+            if sent.len() < 2 * DEPTH + 2 {
+                sent.push_back(piece.clone());
+            }
             // The hasher never stops taking pieces before the decoder is done.
             if hash.send(piece.clone()).is_err() || tx.send(Ok(piece)).is_err() {
                 // The unpacker stopped (it failed): the tar is of no more use.
@@ -455,7 +485,7 @@ mod tests {
             );
             let stats = out.unpacked.unwrap();
             assert_eq!(stats.files, 1500, "{tk:?}");
-            assert_eq!(out.digest.as_str(), layer.digest, "{tk:?}");
+            assert_eq!(out.digest.unwrap().as_str(), layer.digest, "{tk:?}");
             assert_eq!(out.size, layer.blob.len() as u64);
             assert_eq!(out.diff_id.unwrap().as_str(), layer.diff_id, "{tk:?}");
             assert!(out.stream_failed.is_none());
@@ -480,7 +510,7 @@ mod tests {
             &UnpackOptions::default(),
         );
         assert!(out.unpacked.is_err());
-        assert_eq!(out.digest.as_str(), layer.digest);
+        assert_eq!(out.digest.unwrap().as_str(), layer.digest);
         assert_eq!(out.size, layer.blob.len() as u64);
         assert!(out.diff_id.is_none());
     }
@@ -502,7 +532,7 @@ mod tests {
         );
         assert!(out.unpacked.is_err());
         assert!(out.diff_id.is_none());
-        assert_eq!(out.digest, Digest::of(&blob));
+        assert_eq!(out.digest, Some(Digest::of(&blob)));
         assert_eq!(out.size, blob.len() as u64);
         assert!(out.stream_failed.is_none());
     }
@@ -527,7 +557,7 @@ mod tests {
             out.unpacked
         );
         assert!(out.diff_id.is_none());
-        assert_eq!(out.digest, Digest::of(&blob));
+        assert_eq!(out.digest, Some(Digest::of(&blob)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Talking to registries: one oci-client per endpoint for blobs, manifests fetched by
-//! skiff's own request so their size limit holds while the body is read, configs
-//! fetched with a size limit; everything verified, errors classified.
+//! Talking to registries: one oci-client per endpoint for the token exchange and the
+//! config, manifests fetched by skiff's own request so their size limit holds while
+//! the body is read, layer blobs by skiff's own request so they are hashed once (by
+//! the pull pipeline); everything verified, errors classified.
 
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ pub struct Remote {
     pub name: String,
     /// Credentials.
     pub auth: RegistryAuth,
-    /// skiff's own HTTP client for manifests (same TLS, timeouts and user agent).
+    /// skiff's own HTTP client for manifests and layers (same TLS, timeouts and user
+    /// agent).
     http: reqwest::Client,
     /// `http` or `https`.
     scheme: &'static str,
@@ -180,6 +182,82 @@ impl Remote {
             .cloned()
     }
 
+    /// A GET of `path` (after `/v2/<repository>/`) on this endpoint, authorized as
+    /// oci-client would: its bearer token for the repository, or basic credentials.
+    async fn get(
+        &self,
+        reference: &Reference,
+        path: &str,
+    ) -> Result<(String, reqwest::RequestBuilder), ImageError> {
+        let registry = reference.resolve_registry();
+        let mut url = format!(
+            "{}://{registry}/v2/{}/{path}",
+            self.scheme,
+            reference.repository(),
+        );
+        if let Some(ns) = reference.namespace() {
+            url.push_str("?ns=");
+            url.push_str(ns);
+        }
+        let mut req = self.http.get(&url);
+        match (self.bearer().await?, &self.auth) {
+            (Some(token), _) => req = req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => {
+                req = req.basic_auth(user, Some(password));
+            }
+            (None, _) => {}
+        }
+        Ok((url, req))
+    }
+
+    /// An error answer to a GET of `url`: its status and the start of its body.
+    async fn refused(&self, url: &str, mut res: reqwest::Response) -> ImageError {
+        let status = res.status();
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = res.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= 4096 {
+                body.truncate(4096);
+                break;
+            }
+        }
+        ImageError::Registry {
+            reference: self.name.clone(),
+            endpoint: self.host.clone(),
+            message: format!(
+                "GET {url}: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+            kind: error_kind(status.as_u16(), &body),
+        }
+    }
+
+    /// Start downloading the layer blob `digest`: its body as a stream of chunks,
+    /// unverified (the pull pipeline hashes it; oci-client's own stream would hash
+    /// every byte a second time). A redirect to another host (blob storage) is
+    /// followed without the credentials.
+    pub async fn layer_stream(
+        &self,
+        digest: &Digest,
+    ) -> Result<impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + use<>, ImageError>
+    {
+        let (url, req) = self
+            .get(&self.reference, &format!("blobs/{digest}"))
+            .await?;
+        let res = req.send().await.map_err(|e| ImageError::Registry {
+            reference: self.name.clone(),
+            endpoint: self.host.clone(),
+            message: format!("GET {url}: {}", error_chain(&e)),
+            kind: Kind::Unavailable,
+        })?;
+        if !res.status().is_success() {
+            return Err(self.refused(&url, res).await);
+        }
+        Ok(res
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(error_chain(&e)))))
+    }
+
     /// GET a manifest, reading at most [`MAX_MANIFEST_BYTES`] of its body: a
     /// registry announcing or sending more is refused as soon as it is seen, so a
     /// hostile one cannot make skiffd buffer an unbounded response. The body and the
@@ -188,82 +266,48 @@ impl Remote {
         &self,
         reference: &Reference,
     ) -> Result<(Vec<u8>, Option<String>), ImageError> {
-        let registry = reference.resolve_registry();
-        let mut url = format!(
-            "{}://{registry}/v2/{}/manifests/{}",
-            self.scheme,
-            reference.repository(),
-            reference
-                .digest()
-                .or_else(|| reference.tag())
-                .unwrap_or("latest"),
-        );
-        if let Some(ns) = reference.namespace() {
-            url.push_str("?ns=");
-            url.push_str(ns);
-        }
-        let failed = |message: String, kind: Kind| ImageError::Registry {
+        let tag_or_digest = reference
+            .digest()
+            .or_else(|| reference.tag())
+            .unwrap_or("latest");
+        let (url, req) = self
+            .get(reference, &format!("manifests/{tag_or_digest}"))
+            .await?;
+        let failed = |message: String| ImageError::Registry {
             reference: self.name.clone(),
             endpoint: self.host.clone(),
             message,
-            kind,
+            kind: Kind::Unavailable,
         };
-        let mut req = self
-            .http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
-        match (self.bearer().await?, &self.auth) {
-            (Some(token), _) => req = req.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => {
-                req = req.basic_auth(user, Some(password));
-            }
-            (None, _) => {}
-        }
         let mut res = req
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "))
             .send()
             .await
-            .map_err(|e| failed(format!("GET {url}: {}", error_chain(&e)), Kind::Unavailable))?;
-        let status = res.status();
+            .map_err(|e| failed(format!("GET {url}: {}", error_chain(&e))))?;
+        if !res.status().is_success() {
+            return Err(self.refused(&url, res).await);
+        }
         let too_large = |size: u64| ImageError::TooLarge {
             reference: self.name.clone(),
             what: "manifest",
             size,
             limit: MAX_MANIFEST_BYTES,
         };
-        let mut body = Vec::new();
-        // An error's body is only read for its message.
-        let limit = if status.is_success() {
-            MAX_MANIFEST_BYTES
-        } else {
-            4096
-        };
-        if status.is_success()
-            && let Some(len) = res.content_length()
-            && len > limit
+        if let Some(len) = res.content_length()
+            && len > MAX_MANIFEST_BYTES
         {
             return Err(too_large(len));
         }
-        while let Some(chunk) = res.chunk().await.map_err(|e| {
-            failed(
-                format!("reading manifest from {url}: {}", error_chain(&e)),
-                Kind::Unavailable,
-            )
-        })? {
+        let mut body = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| failed(format!("reading manifest from {url}: {}", error_chain(&e))))?
+        {
             body.extend_from_slice(&chunk);
-            if body.len() as u64 > limit {
-                if status.is_success() {
-                    return Err(too_large(body.len() as u64));
-                }
-                body.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-                break;
+            if body.len() as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large(body.len() as u64));
             }
-        }
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
-            return Err(failed(
-                format!("GET {url}: {status}: {}", text.trim()),
-                error_kind(status.as_u16(), &body),
-            ));
         }
         let header = res
             .headers()

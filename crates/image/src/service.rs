@@ -437,11 +437,7 @@ impl Images {
         let compression =
             Compression::of_media_type(&layer.media_type).unwrap_or(Compression::None);
         let temp = self.snapshots.prepare(&layer.chain_id)?;
-        let sized = remote
-            .client
-            .pull_blob_stream(&remote.reference, layer.digest.as_str())
-            .await
-            .map_err(|e| remote.error(e))?;
+        let stream = remote.layer_stream(&layer.digest).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         let dir = temp.fs();
         let opts = UnpackOptions {
@@ -451,10 +447,13 @@ impl Images {
         };
         let worker =
             tokio::task::spawn_blocking(move || pipeline::run(rx, compression, &dir, &opts));
-        let mut stream = sized.stream;
+        let mut stream = std::pin::pin!(stream);
         let mut received: u64 = 0;
+        // The blob is hashed here as it arrives, beside the pipeline's threads.
+        let mut blob_hash = <sha2::Sha256 as sha2::Digest>::new();
         while let Some(item) = futures_util::StreamExt::next(&mut stream).await {
             if let Ok(chunk) = &item {
+                sha2::Digest::update(&mut blob_hash, chunk);
                 received += chunk.len() as u64;
                 progress.add(chunk.len() as u64);
                 self.counters.layer_bytes(chunk.len() as u64);
@@ -487,12 +486,13 @@ impl Images {
                 kind: Kind::Unavailable,
             });
         }
-        if out.size != layer.size || out.digest != layer.digest {
+        let digest = Digest::from_hasher(blob_hash);
+        if out.size != layer.size || digest != layer.digest {
             return Err(ImageError::Mismatch {
                 reference: remote.name.clone(),
                 what: format!("layer {} (digest, size)", layer.digest),
                 expected: format!("{}, {} bytes", layer.digest, layer.size),
-                actual: format!("{}, {} bytes", out.digest, out.size),
+                actual: format!("{digest}, {} bytes", out.size),
             });
         }
         let stats = out.unpacked.map_err(|source| ImageError::Unpack {
