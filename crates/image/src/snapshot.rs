@@ -46,6 +46,12 @@ pub struct Snapshotter {
 #[derive(Debug)]
 pub struct TempSnapshot {
     dir: PathBuf,
+    /// The directory, opened before anything was written into it (when the
+    /// snapshotter syncs): the commit's `syncfs` on it reports every write-out error
+    /// since then, including those a background flush or the kernel's own writeback
+    /// met first (Linux reports a filesystem's write-back errors to each open file
+    /// once, and only those that happened after it was opened).
+    sync_fd: Option<fs::File>,
     committed: bool,
 }
 
@@ -100,19 +106,23 @@ impl Snapshotter {
             .dir
             .join(format!("tmp-{}-{}-{n}", chain.hex(), std::process::id()));
         let fs_dir = dir.join("fs");
-        fs::create_dir_all(&fs_dir).map_err(io("create", &fs_dir))?;
-        Ok(TempSnapshot {
+        let mut temp = TempSnapshot {
             dir,
+            sync_fd: None,
             committed: false,
-        })
+        };
+        fs::create_dir_all(&fs_dir).map_err(io("create", &fs_dir))?;
+        if self.sync {
+            temp.sync_fd = Some(fs::File::open(&temp.dir).map_err(io("open", &temp.dir))?);
+        }
+        Ok(temp)
     }
 
     /// Make a fully written temp snapshot visible as `chain`: sync (when durable), then
     /// rename.
     pub fn commit(&self, mut temp: TempSnapshot, chain: &Digest) -> Result<(), ImageError> {
-        if self.sync {
-            let dir_fd = fs::File::open(&temp.dir).map_err(io("open", &temp.dir))?;
-            rustix::fs::syncfs(&dir_fd).map_err(|e| ImageError::Io {
+        if let Some(dir_fd) = &temp.sync_fd {
+            rustix::fs::syncfs(dir_fd).map_err(|e| ImageError::Io {
                 op: "syncfs",
                 path: temp.dir.clone(),
                 source: e.into(),
