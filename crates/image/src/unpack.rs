@@ -58,9 +58,9 @@ use self::writeback::Flusher;
 /// Which IO engine [`unpack`] writes files with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IoEngine {
-    /// io_uring when [`skiff_uring_io::select`] allows it (the kernel
-    /// supports it and `SKIFF_IO_ENGINE` is not `blocking`), otherwise
-    /// blocking syscalls.
+    /// What [`skiff_uring_io::select`] picks: io_uring when
+    /// `SKIFF_IO_ENGINE=io_uring` and the kernel supports it, otherwise
+    /// blocking syscalls (which measured as fast or faster).
     #[default]
     Auto,
     /// io_uring; [`unpack`] fails with [`UnpackError::Engine`] if a ring

@@ -312,14 +312,16 @@ fn chosen_engine_is_the_one_used() {
     if !uring {
         eprintln!("io_uring unavailable here: only checking the blocking paths");
     }
-    // The operator's override wins over Auto…
+    // Auto is the blocking engine unless the operator asks for io_uring…
     run_child(Some("blocking"), "auto", false);
+    run_child(None, "auto", false);
     // …an explicit engine wins over the environment…
     run_child(None, "blocking", false);
+    run_child(Some("io_uring"), "blocking", false);
     if uring {
         run_child(Some("blocking"), "uring", true);
-        // …and Auto uses io_uring when it can.
-        run_child(None, "auto", true);
+        run_child(None, "uring", true);
+        // …and Auto uses io_uring when asked and it can.
         run_child(Some("io_uring"), "auto", true);
     }
 }
@@ -334,13 +336,13 @@ fn engine_used_in_child() {
         other => panic!("{CHILD_ENGINE} is {other:?}"),
     };
     let expect_ring = std::env::var(CHILD_EXPECT).as_deref() == Ok("1");
-    let forced = std::env::var_os(skiff_uring_io::ENGINE_ENV).is_some_and(|v| v == "blocking");
+    let asked = std::env::var_os(skiff_uring_io::ENGINE_ENV).is_some_and(|v| v == "io_uring");
     assert_eq!(
         matches!(
             skiff_uring_io::select(),
             skiff_uring_io::Engine::Blocking(_)
         ),
-        forced || !matches!(skiff_uring_io::probe(), skiff_uring_io::Engine::Uring)
+        !asked || !matches!(skiff_uring_io::probe(), skiff_uring_io::Engine::Uring)
     );
     let mut b = LayerBuilder::new();
     for i in 0..50 {
