@@ -16,7 +16,7 @@ pub fn run(data: &[u8]) {
         max_path_len: 4096,
         max_pax_bytes: 1 << 20,
         engine: IoEngine::Blocking,
-        start_writeback: false,
+        writeback: None,
     };
     let _ = unpack(data, &root, &opts);
     let mut names: Vec<_> = std::fs::read_dir(base.path())

@@ -75,7 +75,8 @@ fn main() {
             })
         });
         let opts = UnpackOptions {
-            start_writeback: mode == "flusher",
+            writeback: (mode == "flusher")
+                .then(|| skiff_image::unpack::Flusher::start(&dir).unwrap()),
             ..UnpackOptions::default()
         };
         let out = run_reader(&blob[..], c, &dir.join("fs"), &opts);

@@ -442,7 +442,7 @@ impl Images {
         let dir = temp.fs();
         let opts = UnpackOptions {
             privileged: self.config.privileged,
-            start_writeback: self.snapshots.syncs(),
+            writeback: self.snapshots.writeback(),
             ..UnpackOptions::default()
         };
         let worker =
@@ -575,7 +575,7 @@ impl Images {
                     );
                     let opts = UnpackOptions {
                         privileged: self.config.privileged,
-                        start_writeback: self.snapshots.syncs(),
+                        writeback: self.snapshots.writeback(),
                         ..UnpackOptions::default()
                     };
                     let verify = f.verify_digests;

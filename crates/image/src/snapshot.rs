@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
 use crate::error::{ImageError, io};
+use crate::unpack::Flusher;
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -40,6 +41,8 @@ pub struct Mount {
 pub struct Snapshotter {
     dir: PathBuf,
     sync: bool,
+    /// When syncing: starts the write-out while layers unpack (one for all of them).
+    flusher: Option<Flusher>,
 }
 
 /// A snapshot being written; removed on drop unless committed.
@@ -77,12 +80,30 @@ impl Snapshotter {
         let dir = root.join("snapshots");
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let sync = durable && !volatile(&dir)?;
-        Ok(Snapshotter { dir, sync })
+        let flusher = if sync {
+            match Flusher::start(&dir) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // Layers are still flushed before their commit, only later.
+                    tracing::warn!(dir = %dir.display(), error = %e, "no background flusher");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Snapshotter { dir, sync, flusher })
     }
 
     /// Whether commits flush to disk (`durable` and not on a memory filesystem).
     pub fn syncs(&self) -> bool {
         self.sync
+    }
+
+    /// What an unpack into a temp snapshot should start its disk write-out with
+    /// ([`crate::unpack::UnpackOptions::writeback`]): None when commits do not flush.
+    pub fn writeback(&self) -> Option<Flusher> {
+        self.flusher.clone()
     }
 
     fn path(&self, chain: &Digest) -> PathBuf {

@@ -38,6 +38,8 @@ mod path;
 mod uring;
 mod writeback;
 
+pub use self::writeback::Flusher;
+
 use std::cmp::Reverse;
 use std::ffi::{CStr, CString};
 use std::io::{self, Read};
@@ -53,7 +55,7 @@ use self::fs::{BlockingFs, FsOps, Target};
 use self::guard::ExtensionGuard;
 use self::meta::EntryMeta;
 use self::uring::UringFs;
-use self::writeback::Flusher;
+use self::writeback::Pokes;
 
 /// Which IO engine [`unpack`] writes files with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,10 +92,11 @@ pub struct UnpackOptions {
     pub engine: IoEngine,
     /// Start the disk writeback while the layer is still being unpacked: big
     /// files' windows (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not
-    /// wait) and, every 16 MiB or so, a `syncfs` of the layer's filesystem on a
-    /// helper thread (module `writeback`), so the flush before the commit finds
-    /// most of the layer already written. Set when the snapshotter flushes layers.
-    pub start_writeback: bool,
+    /// wait) and, every 16 MiB or so written, a poke of this [`Flusher`] (a
+    /// `syncfs` of the filesystem on its thread), so the flush before the commit
+    /// finds most of the layer already written. Set when the snapshotter flushes
+    /// layers (it owns the flusher).
+    pub writeback: Option<Flusher>,
 }
 
 impl Default for UnpackOptions {
@@ -105,7 +108,7 @@ impl Default for UnpackOptions {
             max_path_len: 4096,
             max_pax_bytes: 1 << 20,
             engine: IoEngine::Auto,
-            start_writeback: false,
+            writeback: None,
         }
     }
 }
@@ -323,11 +326,8 @@ fn unpack_with<F: FsOps>(
         parent_cache: None,
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
-        flusher: None,
+        pokes: opts.writeback.clone().map(Pokes::new),
     };
-    if opts.start_writeback {
-        unpacker.flusher = Flusher::start(unpacker.root.as_fd());
-    }
     let mut position = AT_START.to_owned();
     loop {
         guard.arm();
@@ -363,7 +363,7 @@ const SHOWN_PREFIX: usize = 128;
 /// Read size for file contents.
 const COPY_BUF: usize = 128 * 1024;
 
-/// With [`UnpackOptions::start_writeback`]: files of at least this size get their
+/// With [`UnpackOptions::writeback`]: files of at least this size get their
 /// writeback started, in windows of this size while they are written and for the
 /// rest at their end. Smaller files are left to the background flusher: a syscall
 /// per small file cost more than it saved (`docs/decisions.md`).
@@ -453,8 +453,8 @@ struct Unpacker<'o, F> {
     parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     dirs: Vec<DeferredDir>,
     buf: Vec<u8>,
-    /// With [`UnpackOptions::start_writeback`]: flushes while the layer unpacks.
-    flusher: Option<Flusher>,
+    /// With [`UnpackOptions::writeback`]: this unpack's pokes of the flusher.
+    pokes: Option<Pokes>,
 }
 
 impl<F: FsOps> Unpacker<'_, F> {
@@ -579,10 +579,10 @@ impl<F: FsOps> Unpacker<'_, F> {
             ops.create_file(parent.as_fd(), &name, perms)
         })?;
         let mut offset = 0u64;
-        // Where the next writeback window starts (with `start_writeback`).
+        // Where the next writeback window starts (with `writeback`).
         let mut written_back = 0u64;
         loop {
-            if self.opts.start_writeback
+            if self.opts.writeback.is_some()
                 && offset >= written_back + WRITEBACK_WINDOW + WRITEBACK_LAG
             {
                 let end = offset - WRITEBACK_LAG;
@@ -615,7 +615,7 @@ impl<F: FsOps> Unpacker<'_, F> {
         self.ops
             .finish_writes(&file)
             .map_err(|e| fs_err(shown, "writing file", e))?;
-        if self.opts.start_writeback && offset >= WRITEBACK_WINDOW {
+        if self.opts.writeback.is_some() && offset >= WRITEBACK_WINDOW {
             writeback::start_range(file.as_fd(), written_back, 0, shown);
         }
         self.apply_meta(Target::Fd(file.as_fd()), &meta, shown, Apply::NewFile)?;
@@ -624,8 +624,8 @@ impl<F: FsOps> Unpacker<'_, F> {
             .map_err(|e| fs_err(shown, "closing file", e))?;
         self.stats.files += 1;
         self.stats.bytes += offset;
-        if let Some(flusher) = &mut self.flusher {
-            flusher.wrote_file(offset);
+        if let Some(pokes) = &mut self.pokes {
+            pokes.wrote_file(offset);
         }
         Ok(offset)
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
-use skiff_image::unpack::{IoEngine, UnpackOptions, unpack};
+use skiff_image::unpack::{Flusher, IoEngine, UnpackOptions, unpack};
 use skiff_testkit::image::LayerBuilder;
 
 fn opts(engine: IoEngine) -> UnpackOptions {
@@ -218,14 +218,14 @@ fn early_writeback_changes_nothing_in_the_tree() {
     let tar = b.write_tar(Vec::new()).unwrap();
     let mut trees = Vec::new();
     for engine in [IoEngine::Uring, IoEngine::Blocking] {
-        for start_writeback in [false, true] {
+        for writeback in [false, true] {
             let layer = Layer::new();
             let o = UnpackOptions {
-                start_writeback,
+                writeback: writeback.then(|| Flusher::start(&layer.root).unwrap()),
                 ..opts(engine)
             };
             unpack(&tar[..], &layer.root, &o).unwrap();
-            trees.push(((engine, start_writeback), tree(&layer.root)));
+            trees.push(((engine, writeback), tree(&layer.root)));
         }
     }
     for (case, t) in &trees[1..] {
