@@ -9,8 +9,8 @@
 //! generated once and kept in `/var/tmp/unpackdisk-*.blob`. MODE:
 //! - `none`: unpack only, no flush;
 //! - `end`: unpack, then one `syncfs` (skiff before the background flusher);
-//! - `flusher`: unpack with `start_writeback` (big-file windows and the background
-//!   flusher), then the final `syncfs` (skiff now);
+//! - `flusher`: unpack with `writeback` (a `Flusher`: big-file windows and background
+//!   flushes), then the final `syncfs` (skiff now);
 //! - `loop:MS`: a thread calling `syncfs` every MS ms during the unpack, then the
 //!   final one (how the flusher's interval was chosen).
 use std::io::Write as _;
