@@ -60,9 +60,9 @@ use self::writeback::Pokes;
 /// Which IO engine [`unpack`] writes files with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IoEngine {
-    /// What [`skiff_uring_io::select`] picks: io_uring when
-    /// `SKIFF_IO_ENGINE=io_uring` and the kernel supports it, otherwise
-    /// blocking syscalls (which measured as fast or faster).
+    /// io_uring when [`skiff_uring_io::select`] allows it (the kernel
+    /// supports it and `SKIFF_IO_ENGINE` is not `blocking`), otherwise
+    /// blocking syscalls.
     #[default]
     Auto,
     /// io_uring; [`unpack`] fails with [`UnpackError::Engine`] if a ring

@@ -16,11 +16,9 @@ pub use ring::{
     DEFAULT_ENTRIES, DEFAULT_MAX_IN_FLIGHT_BYTES, OpKind, OpTarget, Ring, RingConfig, RingError,
 };
 
-/// The environment variable that chooses the unpack engine:
-/// `SKIFF_IO_ENGINE=io_uring` uses io_uring when the [`probe`] allows it,
-/// `blocking` forces plain syscalls. Unset (or any other value), [`select`]
-/// takes the engine that measured faster: the blocking one (see
-/// [`Unavailable::NotFaster`]).
+/// The environment variable that forces the blocking engine:
+/// `SKIFF_IO_ENGINE=blocking`. Any other value (or none) lets [`select`]
+/// use io_uring when the [`probe`] allows it.
 pub const ENGINE_ENV: &str = "SKIFF_IO_ENGINE";
 
 /// The io_uring opcodes skiff's pipelines use: the unpack engine queues
@@ -32,7 +30,7 @@ const NEEDED: &[(u8, &str)] = &[
     (io_uring::opcode::Close::CODE, "close"),
 ];
 
-/// Why io_uring is not used; skiff then takes the blocking path.
+/// Why io_uring cannot be used; skiff then takes the blocking path.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Unavailable {
     /// `/proc/sys/kernel/io_uring_disabled` forbids it.
@@ -47,14 +45,6 @@ pub enum Unavailable {
     /// The operator chose the blocking engine with `SKIFF_IO_ENGINE=blocking`.
     #[error("the blocking engine was chosen with {ENGINE_ENV}=blocking")]
     Forced,
-    /// io_uring works here, but the unpack engine on it measured no faster than
-    /// plain syscalls (`perf/run pulldisk`, `perf/run pull`, the criterion
-    /// benches; `docs/decisions.md`), so the default is the blocking engine.
-    #[error(
-        "io_uring works here but unpacked no faster than blocking syscalls when measured \
-         (docs/decisions.md); {ENGINE_ENV}=io_uring selects it"
-    )]
-    NotFaster,
 }
 
 /// Which IO engine a pipeline runs on.
@@ -84,9 +74,8 @@ pub fn probe() -> Engine {
     }
 }
 
-/// The engine to use: io_uring when [`ENGINE_ENV`] says `io_uring` and the
-/// [`probe`] allows it (probed once per process); otherwise blocking, with
-/// the reason (forced, io_uring unavailable, or [`Unavailable::NotFaster`]).
+/// The engine to use: blocking when [`ENGINE_ENV`] says `blocking`,
+/// otherwise what [`probe`] finds (probed once per process).
 pub fn select() -> Engine {
     select_with(std::env::var_os(ENGINE_ENV).as_deref())
 }
@@ -97,12 +86,7 @@ pub fn select_with(env: Option<&OsStr>) -> Engine {
         return Engine::Blocking(Unavailable::Forced);
     }
     static PROBED: OnceLock<Engine> = OnceLock::new();
-    let probed = PROBED.get_or_init(probe).clone();
-    let asked = env.is_some_and(|v| v.eq_ignore_ascii_case("io_uring"));
-    match probed {
-        Engine::Uring if !asked => Engine::Blocking(Unavailable::NotFaster),
-        other => other,
-    }
+    PROBED.get_or_init(probe).clone()
 }
 
 fn try_probe() -> Result<(), Unavailable> {
@@ -152,18 +136,9 @@ mod tests {
             );
             assert!(engine_reason(&engine).contains("SKIFF_IO_ENGINE=blocking"));
         }
-        for asked in ["io_uring", "IO_URING"] {
-            assert_eq!(select_with(Some(OsStr::new(asked))).name(), probe().name());
-        }
-        let uring = matches!(probe(), Engine::Uring);
-        for other in [None, Some("auto"), Some("")] {
+        for other in [None, Some("io_uring"), Some("auto"), Some("")] {
             let engine = select_with(other.map(OsStr::new));
-            assert_eq!(engine.name(), "blocking", "{other:?}");
-            assert_eq!(
-                engine_reason(&engine).contains("io_uring works here"),
-                uring,
-                "{other:?}"
-            );
+            assert_eq!(engine.name(), probe().name(), "{other:?}");
         }
     }
 

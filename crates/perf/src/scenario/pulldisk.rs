@@ -2,8 +2,8 @@
 //!
 //! A journaled ext4 (mkfs.ext4 defaults, as nodes have) on a loop device backed by a
 //! sparse file on this machine's root disk, mounted under the run's tmpfs. On it, side
-//! by side in one run: skiffd (durable, the default; blocking engine, the default),
-//! skiffd with the io_uring engine, skiffd with `[images] durable = false`,
+//! by side in one run: skiffd (durable, the default; io_uring engine where the probe
+//! allows it), skiffd with the blocking engine, skiffd with `[images] durable = false`,
 //! and containerd 1.6 (its overlayfs snapshotter does not sync). The images are the
 //! `pull` scenario's. Before each timed pull the image is removed (cold store), dirty
 //! data is written back and the page cache dropped (`sync; echo 3 > drop_caches`), so
@@ -75,7 +75,7 @@ impl Sizes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Sys {
     Skiff,
-    SkiffUring,
+    SkiffBlocking,
     SkiffNoSync,
     Containerd,
 }
@@ -83,7 +83,7 @@ enum Sys {
 impl Sys {
     const ALL: [Sys; 4] = [
         Sys::Skiff,
-        Sys::SkiffUring,
+        Sys::SkiffBlocking,
         Sys::SkiffNoSync,
         Sys::Containerd,
     ];
@@ -91,7 +91,7 @@ impl Sys {
     fn label(self) -> &'static str {
         match self {
             Sys::Skiff => "skiff",
-            Sys::SkiffUring => "skiff-uring",
+            Sys::SkiffBlocking => "skiff-blocking",
             Sys::SkiffNoSync => "skiff-nosync",
             Sys::Containerd => "containerd",
         }
@@ -110,10 +110,8 @@ impl Sys {
 
     fn what(self) -> &'static str {
         match self {
-            Sys::Skiff => {
-                "skiffd defaults: durable (write-out started while unpacking, one syncfs per layer), blocking engine"
-            }
-            Sys::SkiffUring => "skiffd, durable, SKIFF_IO_ENGINE=io_uring",
+            Sys::Skiff => "skiffd defaults: durable (one syncfs per layer), io_uring engine",
+            Sys::SkiffBlocking => "skiffd, durable, SKIFF_IO_ENGINE=blocking",
             Sys::SkiffNoSync => "skiffd with `[images] durable = false` (no flush)",
             Sys::Containerd => "containerd 1.6 overlayfs snapshotter (no sync)",
         }
@@ -259,11 +257,11 @@ pub fn run(h: &mut Harness, sizes: Sizes) -> anyhow::Result<Outcome> {
     for s in Sys::ALL {
         let started = match s {
             Sys::Skiff => h.start_skiffd_at(&base, s.label(), &s.toml(), &[]),
-            Sys::SkiffUring => h.start_skiffd_at(
+            Sys::SkiffBlocking => h.start_skiffd_at(
                 &base,
                 s.label(),
                 &s.toml(),
-                &[("SKIFF_IO_ENGINE", "io_uring")],
+                &[("SKIFF_IO_ENGINE", "blocking")],
             ),
             Sys::SkiffNoSync => h.start_skiffd_at(&base, s.label(), &s.toml(), &[]),
             Sys::Containerd => h.start_containerd_at(&base, "containerd"),
